@@ -1,0 +1,330 @@
+"""Numpy policies: evaluation, JSON format and its validation, sparse distillation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sindyrl_ros.core.policies import (
+    MLPPolicy,
+    SparsePolynomialPolicy,
+    distill_sparse_policy,
+    load_policy,
+    measure_policy_latency,
+    policy_from_dict,
+    policy_from_json,
+    polynomial_powers,
+)
+from sindyrl_ros.core.serialization import FormatError
+
+OBSERVATION_NAMES = ['cos_theta', 'sin_theta', 'theta_dot']
+ACTION_NAMES = ['torque']
+
+
+def make_mlp(activation='tanh', seed=0, hidden=(16, 16), n=3, m=1):
+    rng = np.random.default_rng(seed)
+    sizes = [n, *hidden, m]
+    layers = [
+        (rng.normal(0, 1 / np.sqrt(a), (b, a)), rng.normal(0, 0.1, b))
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+    names = [f'x{i}' for i in range(n)] if n != 3 else OBSERVATION_NAMES
+    actions = [f'u{i}' for i in range(m)] if m != 1 else ACTION_NAMES
+    return MLPPolicy(layers, activation, names, actions, -2.0 * np.ones(m), 2.0 * np.ones(m))
+
+
+def make_known_polynomial_policy():
+    """u = clip(-1.5 cos_theta + 0.5 sin_theta * theta_dot, -2, 2)."""
+    powers = polynomial_powers(3, 3)
+    coefficients = np.zeros((len(powers), 1))
+    coefficients[_row(powers, [1, 0, 0])] = -1.5
+    coefficients[_row(powers, [0, 1, 1])] = 0.5
+    return SparsePolynomialPolicy(
+        powers, coefficients, OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0], {'source': 'test'}
+    )
+
+
+def _row(powers, exponents):
+    return int(np.flatnonzero((powers == np.array(exponents)).all(axis=1))[0])
+
+
+def pendulum_states(count, seed=0):
+    rng = np.random.default_rng(seed)
+    theta = rng.uniform(-np.pi, np.pi, count)
+    return np.column_stack([np.cos(theta), np.sin(theta), rng.uniform(-8, 8, count)])
+
+
+@pytest.mark.parametrize('activation', ['tanh', 'relu'])
+def test_mlp_single_call_matches_batch_and_reference(activation):
+    policy = make_mlp(activation)
+    observations = pendulum_states(50)
+    batch = policy.act_batch(observations)
+    single = np.array([policy(x).copy() for x in observations])
+    np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
+    # Reference forward pass written out directly.
+    h = observations
+    for weight, bias in zip(policy.weights[:-1], policy.biases[:-1], strict=True):
+        h = h @ weight.T + bias
+        h = np.tanh(h) if activation == 'tanh' else np.maximum(h, 0)
+    expected = 2.0 * np.tanh(h @ policy.weights[-1].T + policy.biases[-1])
+    np.testing.assert_allclose(batch, expected, rtol=0, atol=1e-12)
+    assert np.all(np.abs(batch) <= 2.0)
+    assert policy.n_parameters == 3 * 16 + 16 + 16 * 16 + 16 + 16 + 1
+
+
+def test_single_call_reuses_buffers_and_accepts_out():
+    for policy in (make_mlp(), make_known_polynomial_policy()):
+        x = pendulum_states(1)[0]
+        first = policy(x)
+        assert policy(x) is first  # preallocated output, no new array per call
+        out = np.empty(1)
+        assert policy(x, out=out) is out
+        np.testing.assert_array_equal(out, first)
+
+
+def test_mlp_asymmetric_limits_and_several_actions():
+    rng = np.random.default_rng(3)
+    layers = [
+        (rng.normal(size=(8, 4)), rng.normal(size=8)),
+        (rng.normal(size=(2, 8)), rng.normal(size=2)),
+    ]
+    policy = MLPPolicy(layers, 'relu', list('abcd'), ['left', 'right'], [0.0, -1.0], [1.0, 3.0])
+    actions = policy.act_batch(rng.normal(size=(200, 4)) * 5)
+    assert np.all(actions >= [0.0, -1.0]) and np.all(actions <= [1.0, 3.0])
+
+
+def test_sparse_policy_evaluation_and_clipping():
+    policy = make_known_polynomial_policy()
+    observations = pendulum_states(500)
+    expected = np.clip(
+        -1.5 * observations[:, 0] + 0.5 * observations[:, 1] * observations[:, 2], -2, 2
+    )
+    batch = policy.act_batch(observations)[:, 0]
+    single = np.array([policy(x)[0] for x in observations])
+    np.testing.assert_allclose(batch, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(single, expected, rtol=0, atol=1e-12)
+    # Large velocities push the polynomial far beyond the limits: output must be clipped.
+    assert np.any(
+        np.abs(-1.5 * observations[:, 0] + 0.5 * observations[:, 1] * observations[:, 2]) > 2
+    )
+    assert batch.min() == -2.0 and batch.max() == 2.0
+    assert policy(np.array([0.0, 1.0, 100.0]))[0] == 2.0
+    assert policy(np.array([0.0, 1.0, -100.0]))[0] == -2.0
+    assert policy.n_nonzero == 2 and policy.n_parameters == 2
+    assert policy.equations() == ['torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)']
+
+
+def test_sparse_policy_higher_powers_match_batch():
+    rng = np.random.default_rng(1)
+    powers = polynomial_powers(4, 4)
+    coefficients = rng.normal(size=(len(powers), 2)) * (rng.random((len(powers), 2)) < 0.3)
+    policy = SparsePolynomialPolicy(
+        powers, coefficients, list('abcd'), ['u', 'v'], [-5, -5], [5, 5]
+    )
+    observations = rng.normal(size=(100, 4))
+    single = np.array([policy(x).copy() for x in observations])
+    np.testing.assert_allclose(single, policy.act_batch(observations), rtol=1e-12, atol=1e-12)
+
+
+def test_polynomial_powers_library():
+    powers = polynomial_powers(3, 3)
+    assert powers.shape == (20, 3)  # C(3 + 3, 3) monomials
+    assert np.array_equal(powers[0], [0, 0, 0])
+    assert powers.sum(axis=1).max() == 3
+    assert len({tuple(p) for p in powers}) == 20
+
+
+@pytest.mark.parametrize('factory', [make_mlp, make_known_polynomial_policy])
+def test_json_round_trip(tmp_path, factory):
+    policy = factory()
+    policy.metadata = {'source_model_version': 7, 'metrics': {'surrogate_return': -150.5}}
+    path = tmp_path / 'policy.json'
+    policy.save(path)
+    loaded = load_policy(path, OBSERVATION_NAMES, ACTION_NAMES)
+    assert type(loaded) is type(policy)
+    assert loaded.metadata == policy.metadata
+    observations = pendulum_states(100)
+    np.testing.assert_array_equal(loaded.act_batch(observations), policy.act_batch(observations))
+    from_text = policy_from_json(policy.to_json())
+    np.testing.assert_array_equal(
+        from_text.act_batch(observations), policy.act_batch(observations)
+    )
+    document = json.loads(path.read_text())
+    assert document['format'] == 'sindyrl_ros/policy' and document['version'] == 1
+    assert document['kind'] == policy.kind
+
+
+def _corrupt(document, mutate):
+    document = json.loads(json.dumps(document))
+    mutate(document)
+    return document
+
+
+CORRUPTIONS = [
+    ('format', lambda d: d.update(format='sindyrl_ros/model')),
+    ('version', lambda d: d.update(version=2)),
+    ('kind', lambda d: d.update(kind='lookup_table')),
+    ('action_low', lambda d: d.update(action_low=[-2.0, -1.0])),
+    ('action_high', lambda d: d.pop('action_high')),
+    ('action_names', lambda d: d.update(action_names=['torque', 'torque'])),
+    ('observation_names', lambda d: d.update(observation_names=['cos_theta', 'sin_theta'])),
+]
+
+
+@pytest.mark.parametrize(('field', 'mutate'), CORRUPTIONS)
+@pytest.mark.parametrize('factory', [make_mlp, make_known_polynomial_policy])
+def test_refuses_corrupted_documents(tmp_path, factory, field, mutate):
+    path = tmp_path / 'bad.json'
+    path.write_text(json.dumps(_corrupt(factory().to_dict(), mutate)))
+    with pytest.raises(FormatError, match=field) as error:
+        load_policy(path)
+    assert str(path) in str(error.value)
+
+
+def test_refuses_wrong_mlp_shapes_and_non_finite_weights():
+    document = make_mlp().to_dict()
+    wrong_shape = _corrupt(document, lambda d: d['layers'][1]['weight'].pop())
+    with pytest.raises(FormatError, match=r'layers\[2\]\.weight|layers\[1\]'):
+        policy_from_dict(wrong_shape)
+    wrong_bias = _corrupt(document, lambda d: d['layers'][0]['bias'].append(0.0))
+    with pytest.raises(FormatError, match=r'layers\[0\]\.bias'):
+        policy_from_dict(wrong_bias)
+    wrong_output = _corrupt(document, lambda d: d.update(action_names=['a', 'b']))
+    with pytest.raises(FormatError, match='action'):
+        policy_from_dict(wrong_output)
+    # json accepts the NaN literal, so a corrupt file can carry one.
+    text = json.dumps(document).replace(str(document['layers'][0]['bias'][0]), 'NaN', 1)
+    with pytest.raises(FormatError, match=r'layers\[0\]\.bias'):
+        policy_from_json(text)
+    ragged = _corrupt(document, lambda d: d['layers'][0]['weight'][0].pop())
+    with pytest.raises(FormatError, match=r'layers\[0\]\.weight'):
+        policy_from_dict(ragged)
+    bad_activation = _corrupt(document, lambda d: d.update(hidden_activation='sigmoid'))
+    with pytest.raises(FormatError, match='hidden_activation'):
+        policy_from_dict(bad_activation)
+
+
+def test_refuses_bad_sparse_fields():
+    document = make_known_polynomial_policy().to_dict()
+    with pytest.raises(FormatError, match='powers'):
+        policy_from_dict(_corrupt(document, lambda d: d['powers'][3].__setitem__(0, -1)))
+    with pytest.raises(FormatError, match='powers'):
+        policy_from_dict(_corrupt(document, lambda d: d['powers'][3].__setitem__(0, 1.5)))
+    with pytest.raises(FormatError, match='coefficients'):
+        policy_from_dict(_corrupt(document, lambda d: d['coefficients'].pop()))
+    with pytest.raises(FormatError, match='coefficients'):
+        policy_from_json(json.dumps(document).replace('-1.5', 'Infinity', 1))
+
+
+def test_refuses_truncated_and_mismatched_files(tmp_path):
+    path = tmp_path / 'policy.json'
+    make_mlp().save(path)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(FormatError, match='policy.json'):
+        load_policy(path)
+    path.write_text(text)
+    with pytest.raises(FormatError, match='observation_names'):
+        load_policy(path, expected_observation_names=['x', 'x_dot', 'theta'])
+    with pytest.raises(FormatError, match='action_names'):
+        load_policy(path, expected_action_names=['force'])
+    with pytest.raises(FormatError):
+        policy_from_json('[1, 2, 3]')
+
+
+def test_distillation_recovers_known_polynomial_controller():
+    teacher = make_known_polynomial_policy()
+    observations = pendulum_states(3000, seed=2)
+    # The teacher saturates on a good part of these states.
+    assert np.mean(np.abs(teacher.act_batch(observations)) == 2.0) > 0.2
+    student = distill_sparse_policy(
+        teacher, observations, degree=3, n_models=10, seed=0, angle_pairs=[(0, 1)]
+    )
+    assert student.n_nonzero == 2
+    powers = student.powers
+    np.testing.assert_allclose(student.coefficients[_row(powers, [1, 0, 0]), 0], -1.5, atol=1e-3)
+    np.testing.assert_allclose(student.coefficients[_row(powers, [0, 1, 1]), 0], 0.5, atol=1e-3)
+    summary = student.metadata['distillation']
+    assert summary['n_nonzero'] == 2 and summary['validation_rms_error'] < 1e-3
+    assert student.metadata['source'] == 'test'  # teacher metadata is carried over
+    test_states = pendulum_states(500, seed=9)
+    np.testing.assert_allclose(
+        student.act_batch(test_states), teacher.act_batch(test_states), atol=1e-3
+    )
+
+
+def test_distillation_of_a_saturating_tanh_teacher():
+    # SAC's deterministic action: tanh-squashed, often near its limits.
+    layer = (np.array([[-1.5, 0.0, -0.5]]), np.array([0.1]))
+    teacher = MLPPolicy([layer], 'tanh', OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0])
+    observations = pendulum_states(2000, seed=4)
+    student = distill_sparse_policy(teacher, observations, n_models=5, angle_pairs=[(0, 1)])
+    summary = student.metadata['distillation']
+    assert student.n_nonzero <= 8
+    assert summary['validation_rms_error'] < 0.1  # normalised action units
+    assert [c['threshold'] for c in summary['candidates']] == [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
+    # Censoring the saturated samples beats fitting the saturated values directly.
+    plain = distill_sparse_policy(
+        teacher, observations, n_models=5, angle_pairs=[(0, 1)], saturation=1.0
+    )
+    assert summary['validation_rms_error'] < plain.metadata['distillation']['validation_rms_error']
+    # Library without cos_theta^2 and higher (they repeat other monomials on the circle).
+    assert student.powers[:, 0].max() == 1
+    test_states = pendulum_states(500, seed=11)
+    error = student.act_batch(test_states) - teacher.act_batch(test_states)
+    assert np.sqrt(np.mean(error**2)) < 0.2  # torque units (limits ±2)
+
+
+def test_measure_policy_latency_reports_percentiles():
+    result = measure_policy_latency(make_known_polynomial_policy(), n_calls=200)
+    assert set(result) == {'p50_us', 'p99_us', 'max_us', 'mean_us'}
+    assert 0 < result['p50_us'] <= result['p99_us'] <= result['max_us']
+
+
+class PendulumBatch:
+    """Pendulum-v1 physics for a few pendulums at once (SurrogateVecEnv interface)."""
+
+    def __init__(self, n_envs=8):
+        self.n_envs = n_envs
+        self.rng = np.random.default_rng(0)
+        self.state = np.zeros((n_envs, 2))
+
+    def _observations(self):
+        theta, theta_dot = self.state.T
+        return np.column_stack([np.cos(theta), np.sin(theta), theta_dot])
+
+    def reset(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+        return self.reset_done(np.ones(self.n_envs, dtype=bool))
+
+    def reset_done(self, done):
+        self.state[done] = self.rng.uniform([-np.pi, -1.0], [np.pi, 1.0], (int(done.sum()), 2))
+        return self._observations()
+
+    def step(self, actions):
+        torque = np.clip(actions[:, 0], -2.0, 2.0)
+        theta, theta_dot = self.state.T
+        theta_dot = np.clip(theta_dot + (15.0 * np.sin(theta) + 3.0 * torque) * 0.05, -8, 8)
+        self.state = np.column_stack([theta + theta_dot * 0.05, theta_dot])
+        no = np.zeros(self.n_envs, dtype=bool)
+        return self._observations(), -np.abs(torque), no, no
+
+
+def test_distillation_with_student_rollouts_dagger():
+    teacher = make_known_polynomial_policy()
+    student = distill_sparse_policy(
+        teacher,
+        pendulum_states(300, seed=5),
+        n_models=5,
+        angle_pairs=[(0, 1)],
+        dagger_env=PendulumBatch(),
+        dagger_rounds=2,
+        dagger_steps=50,
+    )
+    summary = student.metadata['distillation']
+    assert summary['dagger_rounds'] == 2
+    assert len(summary['dagger_validation_rms_errors']) == 3
+    assert summary['n_observations'] == 300 + 2 * 8 * 51  # initial + two rollouts
+    assert student.equations() == [
+        'torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)'
+    ]
