@@ -340,7 +340,10 @@ class RealPlant:
         """Step the plant ``n_steps`` times, random actions when ``policy`` is None."""
         low = np.asarray(self.task.action_low, dtype=np.float64)
         high = np.asarray(self.task.action_high, dtype=np.float64)
-        observations, actions, rewards = [], [], []
+        # A running episode goes on from the current state, like a robot that keeps running;
+        # its next part is stored as a new trajectory.
+        observations = [] if self._observation is None else [self._observation]
+        actions, rewards = [], []
         for _ in range(int(n_steps)):
             if self._observation is None:
                 self._observation, _ = self.env.reset(seed=self.seed + self.episodes)
@@ -364,9 +367,6 @@ class RealPlant:
                 observations, actions, rewards = [], [], []
         if actions:
             self._store(observations, actions, rewards)
-            # The episode goes on in the next call: its next part starts a new trajectory
-            # from the current state, like a robot that keeps running.
-            observations = [self._observation]
 
     def _store(self, observations, actions, rewards) -> None:
         self.trajectories.append(
