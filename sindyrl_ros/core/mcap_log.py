@@ -1,0 +1,612 @@
+"""Durable recording of observations and actions as MCAP, and pairing them into transitions.
+
+Real interactions are the scarce resource of SINDy-RL, so every observation and action
+the plant produced is kept on disk: a later run can refit from it (``initial_log``) and
+an operator can inspect it in Foxglove or replay it with rosbag2. The file is a plain
+ROS 2 MCAP file (profile ``ros2``, schema encoding ``ros2msg``, message encoding ``cdr``,
+``sensor_msgs/msg/JointState`` on the same topic names as on the graph), written with
+``mcap`` + ``mcap_ros2`` from the message definition text, so this module needs no rclpy.
+
+Chunks are completed and flushed to disk by :meth:`TransitionLogWriter.flush` (a node
+calls it periodically), and :func:`read_transition_log` reads a file whose writer was
+killed up to the last complete chunk instead of refusing it.
+
+A SINDy model x[k+1] = f(x[k], u[k]) is fitted on (observation k, action answering k,
+observation k+1) triples. Messages can arrive out of order and some get lost, so
+:class:`TransitionAssembler` pairs them by their stamps (an action carries the stamp of
+the observation it answers), never by arrival order, and cuts trajectories at time gaps,
+mode changes and plant resets.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import struct
+import time
+
+from mcap.exceptions import EndOfFile, McapError
+from mcap.records import Channel, Header, Message, Metadata, Schema
+from mcap.stream_reader import CRCValidationError, StreamReader
+from mcap.well_known import MessageEncoding, SchemaEncoding
+from mcap_ros2.decoder import DecoderFactory
+from mcap_ros2.writer import Writer as Ros2Writer
+import numpy as np
+
+from sindyrl_ros.core.trajectories import Trajectory
+
+__all__ = [
+    'ACTION_TOPIC',
+    'EXPLORE',
+    'EVALUATE',
+    'JOINT_STATE_SCHEMA',
+    'JOINT_STATE_TYPE',
+    'OBSERVATION_TOPIC',
+    'RECORDING_METADATA',
+    'LogFormatError',
+    'StampedVector',
+    'TransitionAssembler',
+    'TransitionLog',
+    'TransitionLogWriter',
+    'assemble_log',
+    'read_transition_log',
+]
+
+OBSERVATION_TOPIC = '/sindyrl/observation'
+ACTION_TOPIC = '/sindyrl/action'
+EXPLORE = 'explore'
+EVALUATE = 'evaluate'
+RECORDING_METADATA = 'sindyrl_ros/recording'
+
+JOINT_STATE_TYPE = 'sensor_msgs/msg/JointState'
+# The ros2msg schema as rosbag2 writes it: the message definition followed by the
+# definitions it depends on, each introduced by a separator line and 'MSG: <type>'.
+_SEPARATOR = '=' * 80
+JOINT_STATE_SCHEMA = '\n'.join(
+    [
+        'std_msgs/Header header',
+        'string[] name',
+        'float64[] position',
+        'float64[] velocity',
+        'float64[] effort',
+        _SEPARATOR,
+        'MSG: std_msgs/Header',
+        'builtin_interfaces/Time stamp',
+        'string frame_id',
+        _SEPARATOR,
+        'MSG: builtin_interfaces/Time',
+        'int32 sec',
+        'uint32 nanosec',
+    ]
+)
+
+_NS = 1_000_000_000
+
+
+class LogFormatError(ValueError):
+    """An MCAP file is not a readable recording (bad magic, wrong schema, bad message).
+
+    The message names the file and what is wrong with it.
+    """
+
+
+@dataclass(frozen=True)
+class StampedVector:
+    """One named, stamped vector as it travels on the graph (a JointState used as a vector).
+
+    Attributes
+    ----------
+    stamp_ns : int
+        ``header.stamp`` in nanoseconds: measurement time of an observation, or the stamp
+        of the observation an action answers.
+    names : tuple of str
+        Feature names (``JointState.name``).
+    values : numpy.ndarray, shape (k,)
+        ``position`` of an observation, ``effort`` of an action.
+    frame_id : str
+        ``header.frame_id``; for actions the controller mode ('explore', 'evaluate', 'safe').
+    log_time_ns : int
+        When it was recorded (receive time on the recording node's clock).
+    """
+
+    stamp_ns: int
+    names: tuple[str, ...]
+    values: np.ndarray
+    frame_id: str = ''
+    log_time_ns: int = 0
+
+    @property
+    def stamp(self) -> float:
+        """``stamp_ns`` in seconds."""
+        return self.stamp_ns / _NS
+
+
+def _joint_state(
+    stamp_ns: int, frame_id: str, names: Sequence[str], field_name: str, values: np.ndarray
+) -> dict:
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    sec, nanosec = divmod(stamp_ns, _NS)
+    message = {
+        'header': {'stamp': {'sec': sec, 'nanosec': nanosec}, 'frame_id': str(frame_id)},
+        'name': [str(name) for name in names],
+        'position': [],
+        'velocity': [],
+        'effort': [],
+    }
+    message[field_name] = [float(value) for value in values]
+    return message
+
+
+class TransitionLogWriter:
+    """Writes observations and actions to an MCAP file readable by rosbag2 and Foxglove.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.mcap`` file to create (its directory is created if missing). An existing
+        file is replaced.
+    metadata : dict of str to str, optional
+        Stored as the MCAP metadata record ``sindyrl_ros/recording`` (task, names,
+        control period...), so a reader can check a log fits the task before using it.
+    observation_topic, action_topic : str
+        Channel topics; the defaults are the graph's topic names.
+    chunk_size : int
+        Bytes per compressed chunk before it is written out without waiting for
+        :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        metadata: dict[str, str] | None = None,
+        observation_topic: str = OBSERVATION_TOPIC,
+        action_topic: str = ACTION_TOPIC,
+        chunk_size: int = 256 * 1024,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.observation_topic = observation_topic
+        self.action_topic = action_topic
+        self._stream = open(self.path, 'wb')  # noqa: SIM115 (closed by close())
+        self._writer = Ros2Writer(self._stream, chunk_size=chunk_size)
+        self._schema = self._writer.register_msgdef(JOINT_STATE_TYPE, JOINT_STATE_SCHEMA)
+        if metadata:
+            self._writer.add_metadata(
+                RECORDING_METADATA, {str(k): str(v) for k, v in metadata.items()}
+            )
+        self._sequence = 0
+        self.observations_written = 0
+        self.actions_written = 0
+        self.closed = False
+
+    def _write(self, topic: str, message: dict, stamp_ns: int, log_time_ns: int | None) -> None:
+        if self.closed:
+            raise ValueError(f'{self.path}: the recording is closed')
+        self._sequence += 1
+        self._writer.write_message(
+            topic,
+            self._schema,
+            message,
+            log_time=time.time_ns() if log_time_ns is None else int(log_time_ns),
+            publish_time=int(stamp_ns),
+            sequence=self._sequence,
+        )
+
+    def write_observation(
+        self,
+        stamp_ns: int,
+        names: Sequence[str],
+        values: np.ndarray,
+        log_time_ns: int | None = None,
+    ) -> None:
+        """Record one observation (``position`` = values).
+
+        Parameters
+        ----------
+        stamp_ns : int
+            Measurement time (``header.stamp``) in nanoseconds.
+        names : sequence of str
+            n observation feature names.
+        values : array-like, shape (n,)
+            Observation.
+        log_time_ns : int, optional
+            Receive time; the wall clock when omitted.
+        """
+        message = _joint_state(stamp_ns, '', names, 'position', values)
+        self._write(self.observation_topic, message, stamp_ns, log_time_ns)
+        self.observations_written += 1
+
+    def write_action(
+        self,
+        stamp_ns: int,
+        names: Sequence[str],
+        values: np.ndarray,
+        mode: str,
+        log_time_ns: int | None = None,
+    ) -> None:
+        """Record one action (``effort`` = values, ``header.frame_id`` = mode).
+
+        Parameters
+        ----------
+        stamp_ns : int
+            Stamp of the observation the action answers, in nanoseconds.
+        names : sequence of str
+            m action names.
+        values : array-like, shape (m,)
+            Applied action.
+        mode : str
+            Controller mode ('explore', 'evaluate', 'safe').
+        log_time_ns : int, optional
+            Receive time; the wall clock when omitted.
+        """
+        message = _joint_state(stamp_ns, mode, names, 'effort', values)
+        self._write(self.action_topic, message, stamp_ns, log_time_ns)
+        self.actions_written += 1
+
+    def flush(self) -> None:
+        """Complete the chunk in progress and push it to the disk (fsync).
+
+        Everything written before a flush survives the process being killed.
+        """
+        if self.closed:
+            return
+        # mcap_ros2's writer does not expose the chunk flush of the mcap writer it wraps
+        # (mcap-ros2-support 0.6.0); without it, only complete chunks reach the disk.
+        inner = getattr(self._writer, '_writer', None)
+        if callable(getattr(inner, 'flush', None)):
+            inner.flush()
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+
+    def close(self) -> None:
+        """Write the summary section (indexes, statistics) and close the file."""
+        if self.closed:
+            return
+        try:
+            self._writer.finish()
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+        finally:
+            self._stream.close()
+            self.closed = True
+
+    def __enter__(self) -> TransitionLogWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@dataclass
+class TransitionLog:
+    """What :func:`read_transition_log` found in a recording.
+
+    Attributes
+    ----------
+    observations : list of StampedVector
+        In file order.
+    actions : list of StampedVector
+        In file order; ``frame_id`` is the controller mode.
+    metadata : dict of str to str
+        The ``sindyrl_ros/recording`` metadata record (empty if absent).
+    complete : bool
+        False when the file ends without its footer (the writer was killed); the
+        messages up to the last complete chunk are still returned.
+    """
+
+    observations: list[StampedVector] = field(default_factory=list)
+    actions: list[StampedVector] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    complete: bool = True
+
+
+def read_transition_log(
+    path: str | os.PathLike,
+    observation_topic: str = OBSERVATION_TOPIC,
+    action_topic: str = ACTION_TOPIC,
+) -> TransitionLog:
+    """Read the observations and actions of a recording written by :class:`TransitionLogWriter`.
+
+    Any ROS 2 MCAP file with ``sensor_msgs/msg/JointState`` on these topics works (e.g. one
+    recorded by rosbag2); other channels are skipped.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.mcap`` file.
+    observation_topic, action_topic : str
+        Topics to read.
+
+    Returns
+    -------
+    TransitionLog
+
+    Raises
+    ------
+    LogFormatError
+        If the file is not MCAP, a channel on these topics is not a ros2msg/cdr
+        JointState, or a message cannot be decoded. ``FileNotFoundError`` is left as is.
+    """
+    path = Path(path)
+    log = TransitionLog(complete=False)
+    decoders = DecoderFactory()
+    schemas: dict[int, Schema] = {}
+    channels: dict[int, Channel] = {}
+    wanted = {
+        observation_topic: ('position', log.observations),
+        action_topic: ('effort', log.actions),
+    }
+    seen_header = False
+    with open(path, 'rb') as stream:
+        reader = StreamReader(stream, validate_crcs=True)
+        try:
+            for record in reader.records:
+                if isinstance(record, Header):
+                    seen_header = True
+                elif isinstance(record, Schema):
+                    schemas[record.id] = record
+                elif isinstance(record, Channel):
+                    channels[record.id] = record
+                elif isinstance(record, Metadata) and record.name == RECORDING_METADATA:
+                    log.metadata = dict(record.metadata)
+                elif isinstance(record, Message):
+                    channel = channels.get(record.channel_id)
+                    if channel is None or channel.topic not in wanted:
+                        continue
+                    role, messages = wanted[channel.topic]
+                    schema = schemas.get(channel.schema_id)
+                    messages.append(_decode(path, channel, schema, record, decoders, role))
+            log.complete = True
+        except (McapError, struct.error, EOFError) as error:
+            if not seen_header or not isinstance(error, (EndOfFile, struct.error)):
+                raise LogFormatError(f'{path}: not a readable MCAP recording: {error}') from None
+            # The writer was killed: keep what the complete chunks hold.
+        except CRCValidationError as error:
+            raise LogFormatError(f'{path}: corrupt MCAP recording: {error}') from None
+    return log
+
+
+def _decode(
+    path: Path,
+    channel: Channel,
+    schema: Schema | None,
+    record: Message,
+    decoders: DecoderFactory,
+    field_name: str,
+) -> StampedVector:
+    where = f'{path}: topic {channel.topic}'
+    if (
+        schema is None
+        or schema.name != JOINT_STATE_TYPE
+        or schema.encoding != SchemaEncoding.ROS2
+        or channel.message_encoding != MessageEncoding.CDR
+    ):
+        raise LogFormatError(
+            f'{where}: expected {JOINT_STATE_TYPE} ({SchemaEncoding.ROS2}/'
+            f'{MessageEncoding.CDR}), got {getattr(schema, "name", None)!r} '
+            f'({getattr(schema, "encoding", None)}/{channel.message_encoding})'
+        )
+    try:
+        message = decoders.decoder_for(channel.message_encoding, schema)(record.data)
+    except Exception as error:  # the CDR parser raises assorted errors on bad bytes
+        raise LogFormatError(
+            f'{where}: message {record.sequence} cannot be decoded: {error}'
+        ) from None
+    values = np.asarray(getattr(message, field_name), dtype=np.float64)
+    return StampedVector(
+        stamp_ns=int(message.header.stamp.sec) * _NS + int(message.header.stamp.nanosec),
+        names=tuple(message.name),
+        values=values,
+        frame_id=message.header.frame_id,
+        log_time_ns=int(record.log_time),
+    )
+
+
+class TransitionAssembler:
+    """Pairs stamped observations and actions into transitions, by stamp.
+
+    Observation k (stamp t_k), the action answering it (stamped t_k) and observation k+1
+    (the next stamp after t_k) form a transition when the step ``t_{k+1} - t_k`` is at
+    most ``gap_factor * control_period`` and no feature jumps by more than
+    ``max_jump`` (a plant reset moves the state without a step of the dynamics).
+    Consecutive transitions of the same mode form a trajectory; a gap, a jump or a
+    change of mode (explore/evaluate/safe) ends it. Arrival order never matters: the
+    pairing is recomputed around each new message, so a late message completes the
+    transitions it belongs to.
+
+    Parameters
+    ----------
+    control_period : float
+        Seconds between observations.
+    gap_factor : float
+        A step longer than ``gap_factor * control_period`` is a gap.
+    max_jump : array-like of shape (n,) or None
+        Largest plausible change of each observation feature in one control period;
+        None disables reset detection by jumps.
+    """
+
+    def __init__(
+        self,
+        control_period: float,
+        gap_factor: float = 1.5,
+        max_jump: np.ndarray | None = None,
+    ) -> None:
+        if not control_period > 0:
+            raise ValueError(f'control_period must be positive, got {control_period}')
+        if not gap_factor >= 1.0:
+            raise ValueError(f'gap_factor must be >= 1, got {gap_factor}')
+        self.control_period = float(control_period)
+        self.gap_factor = float(gap_factor)
+        self.max_gap_ns = int(round(self.gap_factor * self.control_period * _NS))
+        self.max_jump = None if max_jump is None else np.asarray(max_jump, dtype=np.float64)
+        self._stamps: list[int] = []  # sorted observation stamps
+        self._observations: dict[int, np.ndarray] = {}
+        self._actions: dict[int, tuple[np.ndarray, str]] = {}
+        self._complete: dict[int, str] = {}  # stamp of observation k -> mode of its transition
+        self._counts: dict[str, int] = {}  # complete transitions per mode
+        self.duplicates = 0
+
+    # -- input ---------------------------------------------------------------
+    def add_observation(self, stamp_ns: int, observation: np.ndarray) -> int:
+        """Add observation at ``stamp_ns``; returns how many transitions it completed."""
+        stamp_ns = int(stamp_ns)
+        if stamp_ns in self._observations:
+            self.duplicates += 1
+            return 0
+        self._observations[stamp_ns] = np.array(observation, dtype=np.float64)
+        index = bisect.bisect_left(self._stamps, stamp_ns)
+        self._stamps.insert(index, stamp_ns)
+        completed = self._recheck(stamp_ns)
+        if index > 0:
+            completed += self._recheck(self._stamps[index - 1])
+        return completed
+
+    def add_action(self, stamp_ns: int, action: np.ndarray, mode: str) -> int:
+        """Add the action answering the observation stamped ``stamp_ns``.
+
+        Returns how many transitions it completed (0 or 1).
+        """
+        stamp_ns = int(stamp_ns)
+        if stamp_ns in self._actions:
+            self.duplicates += 1
+            return 0
+        self._actions[stamp_ns] = (np.array(action, dtype=np.float64).reshape(-1), str(mode))
+        return self._recheck(stamp_ns)
+
+    def _next_stamp(self, stamp_ns: int) -> int | None:
+        index = bisect.bisect_right(self._stamps, stamp_ns)
+        return self._stamps[index] if index < len(self._stamps) else None
+
+    def _recheck(self, stamp_ns: int) -> int:
+        """Re-derive whether the transition starting at ``stamp_ns`` is complete.
+
+        Returns 1 if it just became complete, else 0.
+        """
+        previous = self._complete.pop(stamp_ns, None)
+        if previous is not None:
+            self._counts[previous] -= 1
+        mode = self._transition_mode(stamp_ns)
+        if mode is None:
+            return 0
+        self._complete[stamp_ns] = mode
+        self._counts[mode] = self._counts.get(mode, 0) + 1
+        return 0 if previous is not None else 1
+
+    def _transition_mode(self, stamp_ns: int) -> str | None:
+        observation = self._observations.get(stamp_ns)
+        answer = self._actions.get(stamp_ns)
+        if observation is None or answer is None:
+            return None
+        next_stamp = self._next_stamp(stamp_ns)
+        if next_stamp is None or next_stamp - stamp_ns > self.max_gap_ns:
+            return None
+        if self.max_jump is not None:
+            change = np.abs(self._observations[next_stamp] - observation)
+            if not np.all(change <= self.max_jump):
+                return None
+        if not (np.all(np.isfinite(observation)) and np.all(np.isfinite(answer[0]))):
+            return None
+        return answer[1]
+
+    # -- output --------------------------------------------------------------
+    @property
+    def n_observations(self) -> int:
+        """Observations buffered."""
+        return len(self._stamps)
+
+    @property
+    def n_actions(self) -> int:
+        """Actions buffered."""
+        return len(self._actions)
+
+    def transition_counts(self) -> dict[str, int]:
+        """Complete transitions per mode, e.g. ``{'explore': 180, 'evaluate': 400}``."""
+        return {mode: count for mode, count in self._counts.items() if count}
+
+    def trajectories(
+        self, modes: Iterable[str] | None = (EXPLORE,), min_steps: int = 1
+    ) -> list[Trajectory]:
+        """Cut the complete transitions into gap-free, single-mode trajectories.
+
+        Parameters
+        ----------
+        modes : iterable of str or None
+            Modes whose transitions are used (None = all). Only 'explore' data trains
+            the model; 'evaluate' episodes are for reporting.
+        min_steps : int
+            Shorter trajectories are left out.
+
+        Returns
+        -------
+        list of Trajectory
+            In time order, with ``times`` in seconds.
+        """
+        allowed = None if modes is None else set(modes)
+        trajectories: list[Trajectory] = []
+        run: list[int] = []
+        run_mode = None
+
+        def close_run() -> None:
+            if len(run) >= max(min_steps, 1):
+                stamps = [*run, self._next_stamp(run[-1])]
+                trajectories.append(
+                    Trajectory(
+                        observations=np.stack([self._observations[s] for s in stamps]),
+                        actions=np.stack([self._actions[s][0] for s in run]),
+                        times=np.asarray(stamps, dtype=np.float64) / _NS,
+                    )
+                )
+            run.clear()
+
+        expected_next = None
+        for stamp in self._stamps:
+            mode = self._complete.get(stamp)
+            usable = mode is not None and (allowed is None or mode in allowed)
+            if run and (not usable or stamp != expected_next or mode != run_mode):
+                close_run()
+            if usable:
+                run.append(stamp)
+                run_mode = mode
+                expected_next = self._next_stamp(stamp)
+        if run:
+            close_run()
+        return trajectories
+
+    def observations(self) -> np.ndarray:
+        """All buffered observations in stamp order, shape (K, n)."""
+        if not self._stamps:
+            return np.zeros((0, 0))
+        return np.stack([self._observations[s] for s in self._stamps])
+
+
+def assemble_log(
+    log: TransitionLog,
+    control_period: float,
+    gap_factor: float = 1.5,
+    max_jump: np.ndarray | None = None,
+) -> TransitionAssembler:
+    """Pair a recording's observations and actions into transitions.
+
+    Parameters
+    ----------
+    log : TransitionLog
+        From :func:`read_transition_log`.
+    control_period, gap_factor, max_jump
+        As for :class:`TransitionAssembler`.
+
+    Returns
+    -------
+    TransitionAssembler
+        Holding every observation and action of the log.
+    """
+    assembler = TransitionAssembler(control_period, gap_factor, max_jump)
+    for observation in log.observations:
+        assembler.add_observation(observation.stamp_ns, observation.values)
+    for action in log.actions:
+        assembler.add_action(action.stamp_ns, action.values, action.frame_id)
+    return assembler

@@ -1,0 +1,761 @@
+"""Model updater: records every real transition and refits the E-SINDy model of the plant.
+
+It pairs each observation with the action that answered it and the next observation by
+their stamps (never by arrival order), keeps everything in an MCAP recording in the run
+directory (readable by rosbag2 and Foxglove), and every ``refit_every`` new exploration
+transitions fits a new model in a worker process, so that a fit of a second or more never
+delays the recording of the plant's messages. A model is published on ``/sindyrl/model``
+(latched: a trainer that starts later still gets it) only when multi-step rollouts on
+held-out trajectories stay close; a diverging model is reported and never published.
+
+Only transitions answered in ``explore`` mode train the model; ``evaluate`` episodes are
+recorded with their mode but left out of every fit, because they are for reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import json
+import multiprocessing
+from pathlib import Path
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from sindyrl_ros.core.mcap_log import (
+    EVALUATE,
+    EXPLORE,
+    LogFormatError,
+    TransitionAssembler,
+    TransitionLogWriter,
+    read_transition_log,
+)
+from sindyrl_ros.core.serialization import FormatError, save_json_document
+from sindyrl_ros.nodes.common import (
+    LATCHED_QOS,
+    SHARED_PARAMETERS,
+    Diagnostics,
+    MessageError,
+    ParamSpec,
+    check_parameter_files,
+    configuration_error,
+    declare_parameters,
+    read_vector,
+    run_node,
+    stamp_to_ns,
+)
+
+# Every transition counts and a burst (a replayed log, a fit hogging the CPU) must not
+# overflow the reader: reliable like RELIABLE_QOS, with a deep queue.
+TRANSITION_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
+)
+
+MODEL_UPDATER_PARAMETERS = [
+    ParamSpec(
+        'run_dir',
+        'sindyrl_run',
+        'Directory of this run: the MCAP recording and '
+        'models/model_<version>.json are written here',
+        read_only=True,
+    ),
+    ParamSpec(
+        'initial_log',
+        '',
+        'MCAP recording (written by this node) to load at start-up, '
+        'fit and publish from; empty = start without data',
+        read_only=True,
+    ),
+    ParamSpec(
+        'refit_every',
+        200,
+        'New exploration transitions between two model fits '
+        '(the first fit waits for this many too)',
+        range=(1, 1_000_000_000),
+    ),
+    ParamSpec(
+        'max_validation_error',
+        0.5,
+        'Largest held-out multi-step rollout NRMSE of an '
+        'accepted model; a worse or diverging model is rejected, never published',
+        range=(0.0, 1e9),
+    ),
+    ParamSpec(
+        'validation_horizon', 50, 'Steps of each held-out rollout window', range=(1, 1_000_000)
+    ),
+    ParamSpec(
+        'validation_fraction',
+        0.25,
+        'Tail fraction of each trajectory held out for validation',
+        range=(0.0, 0.9),
+    ),
+    ParamSpec(
+        'library_degree', 3, 'Largest total polynomial degree of the candidate terms', range=(1, 8)
+    ),
+    ParamSpec(
+        'library_control',
+        'affine',
+        'How actions enter the model: full polynomial, '
+        'control-affine f(x) + g(x) u, linear f(x) + B u, or not at all',
+        choices=('full', 'affine', 'linear', 'none'),
+    ),
+    ParamSpec(
+        'library_circle_reduction',
+        True,
+        'Keep sin of a (cos, sin) angle pair only to '
+        'the first power (removes the collinearity cos^2 + sin^2 = 1)',
+    ),
+    ParamSpec('ensemble_models', 20, 'E-SINDy ensemble members', range=(1, 10_000)),
+    ParamSpec(
+        'stlsq_threshold',
+        0.001,
+        'STLSQ threshold: smaller coefficients are zeroed',
+        range=(0.0, 1e6),
+    ),
+    ParamSpec('ridge_alpha', 1e-5, 'Ridge regularisation of each STLSQ step', range=(0.0, 1e6)),
+    ParamSpec('bagging', True, 'Fit each ensemble member on a bootstrap resample'),
+    ParamSpec('library_ensemble', True, 'Drop one random candidate term per ensemble member'),
+    ParamSpec(
+        'aggregate', 'median', 'How member coefficients are combined', choices=('median', 'mean')
+    ),
+    ParamSpec(
+        'n_start_observations',
+        256,
+        'Recorded observations sent with the model for starting surrogate episodes',
+        range=(1, 1_000_000),
+    ),
+    ParamSpec(
+        'gap_factor',
+        1.5,
+        'A step between observation stamps longer than this many '
+        'control periods splits the trajectory',
+        range=(1.0, 1000.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'max_observation_jump',
+        0.25,
+        'A change of an observation feature larger than '
+        'this fraction of its task range in one step is a plant reset and splits the '
+        'trajectory; 0 disables',
+        range=(0.0, 100.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'fit_worker',
+        'process',
+        'Where fits run: a separate process (callbacks never wait for the GIL) or a thread',
+        read_only=True,
+        choices=('process', 'thread'),
+    ),
+    ParamSpec(
+        'flush_period',
+        1.0,
+        'Seconds between flushes of the recording to disk',
+        range=(0.01, 3600.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'seed',
+        0,
+        'Seed of the ensemble resampling and of the start observation draw',
+        range=(0, 2**31 - 1),
+    ),
+    ParamSpec(
+        'diagnostics_period',
+        1.0,
+        'Seconds between /diagnostics messages',
+        range=(0.01, 3600.0),
+        read_only=True,
+    ),
+]
+# Everything this node declares (what a parameter file may set for it).
+PARAMETERS = SHARED_PARAMETERS + MODEL_UPDATER_PARAMETERS
+
+
+# --------------------------------------------------------------------------- task
+
+
+def task_from_parameters(node: Node, parameters) -> Any:
+    """The TaskSpec named by the shared parameters, with their names, limits and period.
+
+    The shared ``/**`` parameters describe the robot; they must agree with the task's
+    names (a model is keyed by them). Limits may only be tighter than the task's, and the
+    control period may differ from the simulator's dt (a real robot's loop rate).
+
+    Raises
+    ------
+    ParameterFileError
+        Naming the parameter that does not fit the task.
+    """
+    from sindyrl_ros.core.tasks import TaskSpec, get_task
+
+    if not parameters.task:
+        raise configuration_error(node, 'task', 'name the task (e.g. pendulum)')
+    try:
+        task = get_task(parameters.task)
+    except KeyError as error:
+        raise configuration_error(node, 'task', str(error.args[0])) from None
+    document = task.to_dict()
+    for key in ('observation_names', 'action_names'):
+        given = list(parameters[key])
+        if given and given != list(document[key]):
+            raise configuration_error(
+                node, key, f'{given} differs from task {task.name}: {document[key]}'
+            )
+    m = len(task.action_names)
+    for key, tighter in (('action_low', np.maximum), ('action_high', np.minimum)):
+        given = list(parameters[key])
+        if given:
+            if len(given) != m:
+                raise configuration_error(node, key, f'expected {m} values, got {len(given)}')
+            document[key] = tighter(np.asarray(document[key]), given).tolist()
+    if parameters.control_period:
+        document['dt'] = float(parameters.control_period)
+    try:
+        return TaskSpec.from_dict(document, where=f'task {task.name}')
+    except FormatError as error:
+        raise configuration_error(node, 'action_low', str(error)) from None
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_model(request: dict) -> dict:
+    """Fit and validate one model; runs in the worker (no ROS in here).
+
+    Parameters
+    ----------
+    request : dict
+        ``task`` (TaskSpec dict), ``config`` (DynaConfig fields), ``trajectories`` (list of
+        (observations (T+1, n), actions (T, m), times (T+1,))), ``model_version``,
+        ``n_start_observations``, ``seed``.
+
+    Returns
+    -------
+    dict
+        ``card`` (the model card), ``accepted``, ``validation``, ``fit_time_s`` and
+        ``model_version``; or ``error`` (text) if the fit failed.
+    """
+    from sindyrl_ros.core.dyna import DynaConfig, fit_dynamics, sample_start_observations
+    from sindyrl_ros.core.dynamics import EnsembleConfig
+    from sindyrl_ros.core.library import LibraryConfig
+    from sindyrl_ros.core.tasks import TaskSpec
+    from sindyrl_ros.core.trajectories import Trajectory
+
+    started = time.perf_counter()
+    try:
+        task = TaskSpec.from_dict(request['task'])
+        settings = dict(request['config'])
+        config = DynaConfig(
+            library=LibraryConfig.from_dict(settings.pop('library')),
+            ensemble=EnsembleConfig.from_dict(settings.pop('ensemble')),
+            **settings,
+        )
+        trajectories = [
+            Trajectory(observations, actions, times=times)
+            for observations, actions, times in request['trajectories']
+        ]
+        version = int(request['model_version'])
+        model, validation, accepted = fit_dynamics(task, trajectories, config, version)
+        rng = np.random.default_rng(int(request['seed']) + version)
+        starts = sample_start_observations(trajectories, int(request['n_start_observations']), rng)
+        card = model.to_dict()
+        card['model_version'] = version
+        card['validation'] = _json_safe(validation)
+        card['start_observations'] = starts.tolist()
+        card['task'] = task.name
+        card['transitions'] = int(sum(t.n_steps for t in trajectories))
+        card['trajectories'] = len(trajectories)
+        fit_time = time.perf_counter() - started
+        card['fit_time_s'] = fit_time
+        json.dumps(card, allow_nan=False)  # a card that cannot be published is a failed fit
+        return {
+            'card': card,
+            'accepted': bool(accepted),
+            'validation': card['validation'],
+            'fit_time_s': fit_time,
+            'model_version': version,
+        }
+    except Exception as error:  # reported by the node; the worker keeps serving
+        return {
+            'error': f'{type(error).__name__}: {error}',
+            'traceback': traceback.format_exc(),
+            'fit_time_s': time.perf_counter() - started,
+            'model_version': request.get('model_version'),
+        }
+
+
+def highest_version(directory: Path, prefix: str) -> int:
+    """The largest version of the files ``<prefix><version>.json`` in ``directory``, or 0."""
+    versions = [0]
+    for path in directory.glob(f'{prefix}*.json'):
+        suffix = path.stem[len(prefix) :]
+        if suffix.isdigit():
+            versions.append(int(suffix))
+    return max(versions)
+
+
+def _fmt(value: Any) -> str:
+    return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """Metrics with NaN/inf replaced by None (JSON has no NaN) and numpy scalars as Python."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _fit_loop(connection) -> None:
+    """Worker process: answer fit requests until told to stop (None) or the pipe closes."""
+    # Ctrl-C reaches the whole process group; the node decides when its worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Import now, while the plant is still collecting: seconds of imports must not delay
+    # the first model.
+    import sindyrl_ros.core.dyna  # noqa: F401
+    import sindyrl_ros.core.tasks  # noqa: F401
+
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        connection.send(fit_model(request))
+
+
+class FitWorker:
+    """Runs one fit at a time outside the executor thread and hands the result back.
+
+    ``process`` runs fits in a spawned process (a fresh interpreter: forking a process
+    that holds DDS threads is unsafe), so pysindy's Python loops never compete with the
+    subscription callbacks for the GIL; ``thread`` is lighter and fine on a quiet machine.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.busy = False
+        self._result: dict | None = None
+        self._process = None
+        self._connection = None
+        if kind == 'process':
+            self._start_process()
+
+    def _start_process(self) -> None:
+        context = multiprocessing.get_context('spawn')
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_fit_loop, args=(child,), name='sindy_fit', daemon=True
+        )
+        self._process.start()
+        child.close()
+
+    def submit(self, request: dict) -> None:
+        """Start a fit; only one runs at a time (check ``busy`` first)."""
+        if self.busy:
+            raise RuntimeError('a fit is already running')
+        self.busy = True
+        if self.kind == 'process':
+            if not self._process.is_alive():
+                self._start_process()
+            self._connection.send(request)
+        else:
+
+            def run() -> None:
+                self._result = fit_model(request)
+
+            threading.Thread(target=run, name='sindy_fit', daemon=True).start()
+
+    def poll(self) -> dict | None:
+        """The finished fit's result, or None while it runs (never blocks)."""
+        if not self.busy:
+            return None
+        if self.kind == 'process':
+            try:
+                if not self._connection.poll():
+                    if not self._process.is_alive():
+                        raise EOFError
+                    return None
+                result = self._connection.recv()
+            except (EOFError, OSError):
+                code = self._process.exitcode
+                self._process = None
+                self._start_process()
+                result = {'error': f'fit worker process died (exit code {code})'}
+        else:
+            result, self._result = self._result, None
+            if result is None:
+                return None
+        self.busy = False
+        return result
+
+    def close(self) -> None:
+        if self._process is not None:
+            try:
+                self._connection.send(None)
+            except (OSError, ValueError):
+                pass
+            self._process.join(timeout=2.0)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._process.join(timeout=2.0)
+            self._connection.close()
+            self._process = None
+
+
+# --------------------------------------------------------------------------- node
+
+
+class ModelUpdater(Node):
+    """Records transitions, refits E-SINDy off the executor thread, publishes good models."""
+
+    def __init__(self) -> None:
+        super().__init__('model_updater')
+        self.parameters = declare_parameters(self, PARAMETERS)
+        check_parameter_files(self)
+        p = self.parameters
+        self.task = task_from_parameters(self, p)
+        self.observation_names = list(self.task.observation_names)
+        self.action_names = list(self.task.action_names)
+        span = self.task.observation_high - self.task.observation_low
+        self.assembler = TransitionAssembler(
+            self.task.dt,
+            gap_factor=p.gap_factor,
+            max_jump=p.max_observation_jump * span if p.max_observation_jump > 0 else None,
+        )
+        self.run_dir = Path(p.run_dir).expanduser()
+        self.models_dir = self.run_dir / 'models'
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise configuration_error(self, 'run_dir', f'cannot create it: {error}') from None
+
+        # Versions go on from the models a previous start left in run_dir.
+        self.accepted = highest_version(self.models_dir, 'model_')
+        self.rejected = 0
+        self.refits = 0
+        self.fit_failures = 0
+        self._explore_at_last_fit = 0
+        self._fit_started = 0.0
+        self._pending_initial_fit = False
+
+        self.diagnostics = Diagnostics(self, p.diagnostics_period)
+        for key in (
+            'observations_recorded',
+            'actions_recorded',
+            'refits',
+            'models_accepted',
+            'models_rejected',
+            'fit_failures',
+        ):
+            self.diagnostics.counters[key] = 0
+        self.diagnostics.set('model_version', 0)
+        self.diagnostics.set('fit_running', False)
+
+        initial = self._load_initial_log(p.initial_log) if p.initial_log else None
+        self.recording_path = self._recording_path()
+        self.recording = TransitionLogWriter(
+            self.recording_path,
+            metadata={
+                'task': self.task.name,
+                'observation_names': json.dumps(self.observation_names),
+                'action_names': json.dumps(self.action_names),
+                'control_period': repr(self.task.dt),
+                'initial_log': p.initial_log,
+            },
+        )
+        if initial is not None:
+            self._replay_into_recording(initial)
+        self.diagnostics.set('recording', str(self.recording_path))
+        self.worker = FitWorker(p.fit_worker)
+
+        self.model_publisher = self.create_publisher(String, 'sindyrl/model', LATCHED_QOS)
+        self.create_subscription(
+            JointState, 'sindyrl/observation', self._on_observation, TRANSITION_QOS
+        )
+        self.create_subscription(JointState, 'sindyrl/action', self._on_action, TRANSITION_QOS)
+        # Steady clock: in lockstep simulation sim time stands still whenever the plant
+        # waits, and a finished fit or a flush must not wait for it.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.05, self._poll_fit, clock=steady)
+        self.create_timer(p.flush_period, self._flush, clock=steady)
+        self._update_counts()
+        if initial is not None:
+            self._pending_initial_fit = True
+            self._maybe_fit()
+        self.get_logger().info(
+            f'model updater ready: task {self.task.name}, recording to {self.recording_path}, '
+            f'refit every {p.refit_every} exploration transitions'
+        )
+
+    # ------------------------------------------------------------------ recording
+
+    def _recording_path(self) -> Path:
+        """run_dir/recording.mcap, or recording_<k>.mcap if a previous start left one."""
+        path = self.run_dir / 'recording.mcap'
+        index = 1
+        while path.exists():
+            path = self.run_dir / f'recording_{index}.mcap'
+            index += 1
+        return path
+
+    def _load_initial_log(self, path: str):
+        try:
+            log = read_transition_log(Path(path).expanduser())
+        except (OSError, LogFormatError) as error:
+            raise configuration_error(self, 'initial_log', str(error)) from None
+        names = log.metadata.get('observation_names')
+        if names is not None and json.loads(names) != self.observation_names:
+            raise configuration_error(
+                self,
+                'initial_log',
+                f'{path} records observations {names}, the task has {self.observation_names}',
+            )
+        if not log.complete:
+            self.get_logger().warning(
+                f'{path} ends early (its writer was stopped without closing it); using the '
+                f'{len(log.observations)} observations that are complete'
+            )
+        return log
+
+    def _replay_into_recording(self, log) -> None:
+        """Feed a loaded recording to the pairing and copy it into this run's recording."""
+        for observation in log.observations:
+            values = self._reorder(observation.names, observation.values, self.observation_names)
+            if values is None:
+                continue
+            self.recording.write_observation(
+                observation.stamp_ns, self.observation_names, values, observation.log_time_ns
+            )
+            self.assembler.add_observation(observation.stamp_ns, values)
+        for action in log.actions:
+            values = self._reorder(action.names, action.values, self.action_names)
+            if values is None:
+                continue
+            self.recording.write_action(
+                action.stamp_ns, self.action_names, values, action.frame_id, action.log_time_ns
+            )
+            self.assembler.add_action(action.stamp_ns, values, action.frame_id)
+        self.diagnostics.increment('observations_recorded', len(log.observations))
+        self.diagnostics.increment('actions_recorded', len(log.actions))
+        self.get_logger().info(
+            f'loaded {len(log.observations)} observations and {len(log.actions)} actions '
+            f'from {self.parameters.initial_log}: {self.assembler.transition_counts()}'
+        )
+
+    def _reorder(
+        self, names: Sequence[str], values: np.ndarray, expected: Sequence[str]
+    ) -> np.ndarray | None:
+        index = {name: i for i, name in enumerate(names)}
+        if any(name not in index for name in expected) or len(values) != len(names):
+            self.diagnostics.reject('log_names', f'recorded names {list(names)}, need {expected}')
+            return None
+        return np.asarray([values[index[name]] for name in expected], dtype=np.float64)
+
+    def _log_time_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_observation(self, message: JointState) -> None:
+        try:
+            observation = read_vector(message, self.observation_names, 'position')
+        except MessageError as error:
+            self.diagnostics.reject(error.reason, f'sindyrl/observation: {error.detail}')
+            return
+        stamp_ns = stamp_to_ns(message.header.stamp)
+        self.recording.write_observation(
+            stamp_ns, self.observation_names, observation, self._log_time_ns()
+        )
+        self.diagnostics.increment('observations_recorded')
+        if self.assembler.add_observation(stamp_ns, observation):
+            self._update_counts()
+            self._maybe_fit()
+
+    def _on_action(self, message: JointState) -> None:
+        try:
+            action = read_vector(message, self.action_names, 'effort')
+        except MessageError as error:
+            self.diagnostics.reject(error.reason, f'sindyrl/action: {error.detail}')
+            return
+        stamp_ns = stamp_to_ns(message.header.stamp)
+        mode = message.header.frame_id
+        self.recording.write_action(stamp_ns, self.action_names, action, mode, self._log_time_ns())
+        self.diagnostics.increment('actions_recorded')
+        if self.assembler.add_action(stamp_ns, action, mode):
+            self._update_counts()
+            self._maybe_fit()
+
+    def _update_counts(self) -> None:
+        counts = self.assembler.transition_counts()
+        self._explore = counts.get(EXPLORE, 0)
+        self.diagnostics.set('transitions_explore', self._explore)
+        self.diagnostics.set('transitions_evaluate', counts.get(EVALUATE, 0))
+        self.diagnostics.set(
+            'transitions_other', sum(v for k, v in counts.items() if k not in (EXPLORE, EVALUATE))
+        )
+
+    def _flush(self) -> None:
+        try:
+            self.recording.flush()
+        except OSError as error:
+            self.diagnostics.errors['recording'] = f'cannot write the recording: {error}'
+            self.get_logger().error(f'{self.recording_path}: {error}')
+
+    # ------------------------------------------------------------------ fitting
+
+    def _maybe_fit(self) -> None:
+        """Start a fit when enough new exploration transitions arrived and none is running."""
+        if self.worker.busy:
+            return
+        new = self._explore - self._explore_at_last_fit
+        if not self._pending_initial_fit and new < self.parameters.refit_every:
+            return
+        if self._explore == 0:
+            self._pending_initial_fit = False
+            return
+        trajectories = self.assembler.trajectories(modes=(EXPLORE,))
+        self.diagnostics.set('trajectories', len(trajectories))
+        p = self.parameters
+        request = {
+            'task': self.task.to_dict(),
+            'config': self._dyna_settings(),
+            'trajectories': [(t.observations, t.actions, t.times) for t in trajectories],
+            'model_version': self.accepted + 1,
+            'n_start_observations': p.n_start_observations,
+            'seed': p.seed,
+        }
+        self._pending_initial_fit = False
+        self._explore_at_last_fit = self._explore
+        self._fit_started = time.monotonic()
+        self.worker.submit(request)
+        self.refits += 1
+        self.diagnostics.counters['refits'] = self.refits
+        self.diagnostics.set('fit_running', True)
+        self.get_logger().info(
+            f'fit {self.refits} started: {self._explore} exploration transitions in '
+            f'{len(trajectories)} trajectories'
+        )
+
+    def _dyna_settings(self) -> dict:
+        p = self.parameters
+        return {
+            'library': {
+                'degree': p.library_degree,
+                'include_bias': True,
+                'control': p.library_control,
+                'circle_reduction': p.library_circle_reduction,
+            },
+            'ensemble': {
+                'n_models': p.ensemble_models,
+                'threshold': p.stlsq_threshold,
+                'alpha': p.ridge_alpha,
+                'bagging': p.bagging,
+                'library_ensemble': p.library_ensemble,
+                'aggregate': p.aggregate,
+                'seed': p.seed,
+            },
+            'validation_horizon': p.validation_horizon,
+            'validation_fraction': p.validation_fraction,
+            'max_validation_error': p.max_validation_error,
+            'n_start_observations': p.n_start_observations,
+        }
+
+    def _poll_fit(self) -> None:
+        result = self.worker.poll()
+        if result is None:
+            return
+        self.diagnostics.set('fit_running', False)
+        self.diagnostics.set('last_fit_time_s', round(result.get('fit_time_s', 0.0), 3))
+        if 'error' in result:
+            self.fit_failures += 1
+            self.diagnostics.counters['fit_failures'] = self.fit_failures
+            self.diagnostics.warnings['fit'] = f'last fit failed: {result["error"]}'
+            self.get_logger().error(
+                f'fit {self.refits} failed: {result["error"]}\n{result.get("traceback", "")}'
+            )
+        else:
+            self.diagnostics.warnings.pop('fit', None)
+            self._fit_finished(result)
+        self._maybe_fit()  # data that arrived during the fit may already call for the next
+
+    def _fit_finished(self, result: dict) -> None:
+        validation = result['validation']
+        error = validation.get('nrmse')
+        self.diagnostics.set('last_validation_nrmse', error)
+        self.diagnostics.set('last_validation_diverged', validation.get('diverged'))
+        card = result['card']
+        if not result['accepted']:
+            self.rejected += 1
+            self.diagnostics.counters['models_rejected'] = self.rejected
+            reason = (
+                f'candidate model rejected: held-out rollout NRMSE {error} '
+                f'(max {self.parameters.max_validation_error}), diverged '
+                f'{validation.get("diverged")}, {card["transitions"]} transitions'
+            )
+            self.diagnostics.warnings['model'] = reason
+            self.get_logger().warning(reason)
+            return
+        self.diagnostics.warnings.pop('model', None)
+        self.accepted += 1
+        version = result['model_version']
+        path = self.models_dir / f'model_{version}.json'
+        try:
+            save_json_document(path, card)
+        except OSError as error:
+            self.get_logger().error(f'cannot save {path}: {error}')
+        self.model_publisher.publish(String(data=json.dumps(card, allow_nan=False)))
+        self.diagnostics.counters['models_accepted'] = self.accepted
+        self.diagnostics.set('model_version', version)
+        equations = '; '.join(card.get('equations', []))
+        self.get_logger().info(
+            f'model {version} published: held-out NRMSE {_fmt(error)}, '
+            f'{card.get("n_nonzero")} terms, {card["transitions"]} transitions, fit '
+            f'{result["fit_time_s"]:.2f} s: {equations}'
+        )
+
+    # ------------------------------------------------------------------ shutdown
+
+    def on_shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the recording (summary + indexes) and stop the fit worker."""
+        if not self.recording.closed:
+            self.recording.close()
+            self.get_logger().info(
+                f'recording closed: {self.recording_path} '
+                f'({self.recording.observations_written} observations, '
+                f'{self.recording.actions_written} actions)'
+            )
+        self.worker.close()
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(ModelUpdater, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

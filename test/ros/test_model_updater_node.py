@@ -1,0 +1,242 @@
+"""The model updater node in its own process, fed real Pendulum-v1 data over DDS."""
+
+import json
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from ros_testing import NodeStatusProbe, spin_until
+
+pytestmark = pytest.mark.ros
+
+DT_NS = 50_000_000  # Pendulum-v1 control period
+NAMES = ('cos_theta', 'sin_theta', 'theta_dot')
+
+
+def pendulum_episode(seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Observations (steps+1, 3) and random torques (steps, 1) of gymnasium Pendulum-v1."""
+    env = gym.make('Pendulum-v1')
+    observation, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    observations, actions = [observation], []
+    for _ in range(steps):
+        action = env.action_space.sample()
+        observation, *_ = env.step(action)
+        observations.append(observation)
+        actions.append(action)
+    env.close()
+    return np.asarray(observations, dtype=np.float64), np.asarray(actions, dtype=np.float64)
+
+
+def episode_messages(start_ns, observations, actions, mode='explore'):
+    """(topic, stamp_ns, values, mode) of an episode as the sensor and controller send it.
+
+    Like the plant's terminal state, the last observation is answered too; that action has
+    no next observation and must not become a transition.
+    """
+    messages = []
+    for k, observation in enumerate(observations):
+        stamp = start_ns + k * DT_NS
+        messages.append(('observation', stamp, observation, ''))
+        messages.append(('action', stamp, actions[min(k, len(actions) - 1)], mode))
+    return messages
+
+
+class UpdaterProbe(NodeStatusProbe):
+    """Test-side node: publishes observations/actions, collects model cards."""
+
+    def __init__(self, context, executor):
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
+
+        from sindyrl_ros.nodes.common import LATCHED_QOS
+        from sindyrl_ros.nodes.model_updater import TRANSITION_QOS
+
+        super().__init__('updater_probe', context, executor, '/model_updater')
+        self.observations = self.node.create_publisher(
+            JointState, '/sindyrl/observation', TRANSITION_QOS
+        )
+        self.actions = self.node.create_publisher(JointState, '/sindyrl/action', TRANSITION_QOS)
+        self.cards = []
+        self.node.create_subscription(
+            String,
+            '/sindyrl/model',
+            lambda m: self.cards.append(json.loads(m.data)),
+            LATCHED_QOS,
+        )
+
+    def connected(self, timeout=30.0):
+        return self.spin_until(
+            lambda: (
+                self.observations.get_subscription_count() > 0
+                and self.actions.get_subscription_count() > 0
+                and self.node.count_publishers('/sindyrl/model') > 0
+            ),
+            timeout,
+        )
+
+    def send(self, messages, burst=20):
+        """Publish in small bursts, giving DDS time to deliver them."""
+        from sindyrl_ros.nodes.common import ns_to_stamp, vector_message
+
+        for index, (topic, stamp, values, mode) in enumerate(messages):
+            if topic == 'observation':
+                self.observations.publish(vector_message(NAMES, values, ns_to_stamp(stamp)))
+            else:
+                message = vector_message(('torque',), values, ns_to_stamp(stamp), 'effort')
+                message.header.frame_id = mode
+                self.actions.publish(message)
+            if index % burst == burst - 1:
+                spin_until(self.executor, lambda: False, timeout=0.01)
+
+    def recorded(self, observations, actions, timeout=30.0):
+        return self.spin_until(
+            lambda: (
+                self.counter('observations_recorded') >= observations
+                and self.counter('actions_recorded') >= actions
+            ),
+            timeout,
+        )
+
+
+def start_updater(start_process, run_dir, *parameters):
+    args = [
+        sys.executable,
+        '-m',
+        'sindyrl_ros.nodes.model_updater',
+        '--ros-args',
+        '-p',
+        'task:=pendulum',
+        '-p',
+        f'run_dir:={run_dir}',
+        '-p',
+        'diagnostics_period:=0.1',
+        '-p',
+        'flush_period:=0.2',
+    ]
+    for parameter in parameters:
+        args += ['-p', parameter]
+    return start_process(args, name='model_updater')
+
+
+def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_process, tmp_path):
+    from sindyrl_ros.core.dynamics import SindyDynamics
+    from sindyrl_ros.core.mcap_log import assemble_log, read_transition_log
+
+    context, executor = ros_context
+    run_dir = tmp_path / 'run'
+    # 300 exploration transitions trigger the fit: it can only start once every message
+    # of both exploration episodes has arrived, however they were shuffled.
+    updater = start_updater(start_process, run_dir, 'refit_every:=300')
+    probe = UpdaterProbe(context, executor)
+    assert probe.connected(), updater.output()
+
+    first_obs, first_act = pendulum_episode(seed=0, steps=150)
+    second_obs, second_act = pendulum_episode(seed=1, steps=150)
+    eval_obs, eval_act = pendulum_episode(seed=2, steps=40)
+    evaluation = episode_messages(0, eval_obs, eval_act, mode='evaluate')
+    # A 1 s gap (20 control periods) separates the episodes, as after a plant reset.
+    explore = episode_messages(3 * 10**9, first_obs, first_act)
+    explore += episode_messages(3 * 10**9 + 171 * DT_NS, second_obs, second_act)
+    np.random.default_rng(0).shuffle(explore)
+    probe.send(evaluation + explore)
+    total = len(evaluation + explore) // 2
+    assert probe.recorded(total, total), updater.output()
+
+    assert probe.spin_until(lambda: probe.cards, timeout=60), updater.output()
+    card = probe.cards[-1]
+    assert card['model_version'] == 1
+    # Paired by stamp: exactly the 2 x 150 exploration transitions, in 2 trajectories (the
+    # gap split them, the answered terminal states added nothing), evaluation left out.
+    assert card['transitions'] == 300
+    assert card['trajectories'] == 2
+    assert probe.value('transitions_explore') == '300'
+    assert probe.value('transitions_evaluate') == '40'
+    model = SindyDynamics.from_dict(card)
+    assert model.observation_names == list(NAMES)
+    assert np.asarray(card['start_observations']).shape[1] == 3
+    assert card['validation']['nrmse'] <= 0.5 and not card['validation']['diverged']
+    # Physics check: theta_dot[k+1] ≈ theta_dot[k] + 0.15 torque (3/(m l^2) dt).
+    predicted = model.predict(first_obs[:-1], first_act)
+    np.testing.assert_allclose(predicted, first_obs[1:], atol=0.05)
+    saved = json.loads((run_dir / 'models' / 'model_1.json').read_text())
+    assert saved == card
+
+    # Stopping closes the recording: a complete MCAP file with everything that was sent.
+    assert updater.stop() == 0, updater.output()
+    log = read_transition_log(run_dir / 'recording.mcap')
+    assert log.complete
+    assert len(log.observations) == total and len(log.actions) == total
+    trajectories = assemble_log(log, 0.05).trajectories()
+    assert len(trajectories) == 2
+    np.testing.assert_array_equal(trajectories[0].observations, first_obs)
+    np.testing.assert_array_equal(trajectories[1].actions, second_act)
+    probe.destroy()
+
+
+def test_keeps_recording_during_a_fit_and_never_publishes_a_rejected_model(
+    ros_context, start_process, tmp_path
+):
+    context, executor = ros_context
+    run_dir = tmp_path / 'run'
+    # No model can be this good: every candidate is rejected. A large ensemble makes the
+    # fit last seconds, so messages sent meanwhile show the callbacks are served.
+    updater = start_updater(
+        start_process,
+        run_dir,
+        'refit_every:=100',
+        'max_validation_error:=0.0',
+        'ensemble_models:=400',
+    )
+    probe = UpdaterProbe(context, executor)
+    assert probe.connected(), updater.output()
+    observations, actions = pendulum_episode(seed=3, steps=200)
+    messages = episode_messages(10**9, observations, actions)
+    probe.send(messages[:204])  # 102 observations: 101 transitions start the fit
+    assert probe.spin_until(lambda: probe.value('fit_running') == 'True', 60), updater.output()
+    probe.send(messages[204:])
+    assert probe.recorded(201, 201), updater.output()
+    during_fit = probe.value('fit_running') == 'True'
+
+    assert probe.spin_until(lambda: probe.counter('models_rejected') >= 1, 120), updater.output()
+    assert during_fit, 'the fit ended before the later messages were recorded'
+    assert probe.level() == 1  # WARN, with the reason in the status message
+    assert 'rejected' in probe.message()
+    assert 'rejected' in updater.output()
+    assert float(probe.value('last_validation_nrmse')) > 0.0
+    spin_until(executor, lambda: False, timeout=0.5)
+    assert probe.cards == []
+    assert probe.counter('models_accepted') == 0
+    assert not list((run_dir / 'models').glob('*.json'))
+    assert updater.stop() == 0, updater.output()
+    probe.destroy()
+
+
+def test_starts_from_a_recorded_log(ros_context, start_process, tmp_path):
+    from sindyrl_ros.core.mcap_log import TransitionLogWriter
+
+    context, executor = ros_context
+    log_path = tmp_path / 'earlier' / 'recording.mcap'
+    observations, actions = pendulum_episode(seed=4, steps=200)
+    with TransitionLogWriter(log_path, metadata={'observation_names': json.dumps(NAMES)}) as w:
+        for _, stamp, values, mode in episode_messages(10**9, observations, actions):
+            if mode:
+                w.write_action(stamp, ('torque',), values, mode)
+            else:
+                w.write_observation(stamp, NAMES, values)
+
+    run_dir = tmp_path / 'run'
+    updater = start_updater(
+        start_process,
+        run_dir,
+        f'initial_log:={log_path}',
+        'refit_every:=100000',
+        'fit_worker:=thread',
+    )
+    probe = UpdaterProbe(context, executor)
+    assert probe.spin_until(lambda: probe.cards, timeout=60), updater.output()
+    assert probe.cards[-1]['transitions'] == 200
+    assert (run_dir / 'models' / 'model_1.json').exists()
+    assert updater.stop() == 0, updater.output()
+    probe.destroy()
