@@ -28,6 +28,12 @@ setup(
     entry_points={
         'console_scripts': [
             'sindyrl-ros = sindyrl_ros.cli:main',
+            'plant = sindyrl_ros.nodes.plant:main',
+            'sensor_ingestion = sindyrl_ros.nodes.sensor_ingestion:main',
+            'controller = sindyrl_ros.nodes.controller:main',
+            'model_updater = sindyrl_ros.nodes.model_updater:main',
+            'policy_trainer = sindyrl_ros.nodes.policy_trainer:main',
+            'run_supervisor = sindyrl_ros.nodes.run_supervisor:main',
         ],
     },
 )

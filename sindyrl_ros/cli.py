@@ -1,9 +1,24 @@
-"""`sindyrl-ros`: start the sindyrl_ros graph and its tools from a shell."""
+"""`sindyrl-ros`: start the sindyrl_ros graph and its tools from a shell.
+
+`sindyrl-ros train` starts the same nodes as `ros2 launch sindyrl_ros train.launch.py`, as
+separate processes with the same parameter files (both read sindyrl_ros.graph), shows the
+run's progress, stops everything cleanly on Ctrl-C or when the run is done, and prints a
+summary. It needs rclpy and the message packages, not `ros2 launch`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
 import sys
+import time
+
+from sindyrl_ros import graph
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,17 +28,318 @@ def build_parser() -> argparse.ArgumentParser:
         'data, train a policy on it, and run that policy as a real-time controller.',
     )
     commands = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    train = commands.add_parser('train', help='train a controller through the ROS 2 graph')
-    train.add_argument('--task', default='pendulum', help='task name (default: %(default)s)')
+
+    train = commands.add_parser(
+        'train',
+        help='learn a controller through the ROS 2 graph',
+        description='Start the training graph (plant, sensor ingestion, controller, model '
+        'updater, policy trainer, run supervisor) as separate processes and run until the '
+        'evaluation return reaches the threshold or the real-step budget is spent.',
+    )
+    _add_graph_arguments(train)
+    train.add_argument(
+        '--run-dir', type=Path, default=None,
+        help='where the MCAP log, models, policies and summary.json go '
+        '(default: runs/<task>-<date>-<time>)',
+    )
+    train.add_argument(
+        '--budget', type=int, default=None,
+        help="real training steps the run may use (default: the config file's value)",
+    )
+    train.add_argument(
+        '--timeout', type=float, default=None,
+        help='give up after this many seconds of wall time (default: no limit)',
+    )
+
+    deploy = commands.add_parser(
+        'deploy', help='run a saved policy on the plant, no learning',
+        description='Start sensor ingestion and the controller with a saved policy '
+        '(exploration off) plus, for --backend sim, the simulated plant. Stops on Ctrl-C.',
+    )
+    _add_graph_arguments(deploy)
+    deploy.add_argument('--policy', type=Path, required=True, help='saved policy JSON file')
+    deploy.add_argument(
+        '--log-dir', type=Path, default=None, help='where node logs go (default: a temp dir)'
+    )
+    deploy.add_argument(
+        '--duration', type=float, default=None, help='stop after this many seconds'
+    )
     return parser
+
+
+def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--task', default='pendulum', choices=graph.TASKS,
+        help='shipped task (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--config', type=Path, default=None,
+        help='your own task parameter file instead of config/<task>.yaml',
+    )
+    parser.add_argument(
+        '--backend', default='sim', choices=graph.BACKENDS,
+        help='where the plant is (default: %(default)s, the embedded simulated plant)',
+    )
+    parser.add_argument(
+        '--domain-id', type=int, default=None,
+        help="ROS_DOMAIN_ID for all nodes (default: the environment's)",
+    )
+    parser.add_argument(
+        '--network', action='store_true',
+        help='discover peers on the network (default: this machine only)',
+    )
+
+
+class Graph:
+    """The graph's processes: started together, stopped together, logs in one folder."""
+
+    def __init__(self, specs: list[graph.NodeSpec], log_dir: Path, env: dict[str, str]):
+        self.specs = specs
+        self.log_dir = log_dir
+        self.env = env
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            log = open(self.log_dir / f'{spec.name}.log', 'wb')  # noqa: SIM115
+            self.processes[spec.name] = subprocess.Popen(
+                [*_command(spec), *spec.ros_arguments()],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            log.close()
+
+    def exited(self) -> dict[str, int]:
+        return {
+            name: process.returncode
+            for name, process in self.processes.items()
+            if process.poll() is not None
+        }
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f'{name}.log'
+        text = path.read_text(errors='replace') if path.exists() else ''
+        return '\n'.join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ctrl-C to every node (the controller sends its safe command), then harder."""
+        escalation = ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0))
+        for signum, wait in escalation:
+            running = [p for p in self.processes.values() if p.poll() is None]
+            if not running:
+                return
+            for process in running:
+                try:
+                    os.killpg(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            for process in running:
+                try:
+                    process.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+def _command(spec: graph.NodeSpec) -> list[str]:
+    """The installed console script if it sits beside this Python, else `python -m module`."""
+    script = Path(sys.executable).with_name(spec.executable)
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, '-m', spec.module]
+
+
+def _environment(arguments) -> dict[str, str]:
+    env = dict(os.environ)
+    env['PYTHONUNBUFFERED'] = '1'
+    if arguments.domain_id is not None:
+        env['ROS_DOMAIN_ID'] = str(arguments.domain_id)
+    if not arguments.network:
+        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+        env.pop('ROS_LOCALHOST_ONLY', None)
+    return env
+
+
+def _task_file(arguments) -> Path:
+    path = arguments.config if arguments.config else graph.task_config(arguments.task)
+    if not Path(path).is_file():
+        raise SystemExit(f'sindyrl-ros: parameter file {path} does not exist')
+    return Path(path).resolve()
+
+
+def _describe(event: dict) -> str | None:
+    """One progress line for an event of the run supervisor's progress.jsonl (None: skip)."""
+    kind = event.get('event')
+    steps = f'real steps {event.get("real_steps", 0):>6} (+{event.get("eval_steps", 0)} eval)'
+    if kind == 'episode':
+        if event.get('evaluation'):
+            return None
+        episode_return = event.get('episode_return', float('nan'))
+        return f'{steps} | episode {event.get("episode")}: return {episode_return:.1f}'
+    if kind == 'model':
+        error = event.get('validation_nrmse')
+        error = f', held-out rollout error {error:.3f}' if error is not None else ''
+        return f'{steps} | model v{event.get("model_version")} accepted{error}'
+    if kind == 'policy':
+        return (
+            f'{steps} | policy v{event.get("policy_version")} from model '
+            f'v{event.get("source_model_version")}, surrogate return '
+            f'{event.get("surrogate_return", float("nan")):.1f}'
+        )
+    if kind == 'evaluation':
+        return (
+            f'{steps} | policy v{event.get("policy_version")}: eval return '
+            f'{event.get("eval_return_mean"):.1f}'
+        )
+    if kind in ('start', 'finish', 'mode'):
+        details = ', '.join(
+            f'{key} {value}'
+            for key, value in event.items()
+            if key not in ('event', 'time_s', 'real_steps', 'eval_steps')
+        )
+        return f'{steps} | {kind}: {details}'
+    return None
+
+
+def training_specs(arguments, run_dir: Path) -> list[graph.NodeSpec]:
+    """The training graph's processes for these command-line arguments."""
+    return graph.training_graph(
+        _task_file(arguments), backend=arguments.backend, run_dir=str(run_dir),
+        budget=arguments.budget,
+    )
+
+
+def deploy_specs(arguments) -> list[graph.NodeSpec]:
+    """The deployment graph's processes for these command-line arguments."""
+    return graph.deploy_graph(
+        _task_file(arguments), str(Path(arguments.policy).resolve()), arguments.backend
+    )
+
+
+def train(arguments) -> int:
+    task_file = _task_file(arguments)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    run_dir = (arguments.run_dir or Path('runs') / f'{arguments.task}-{stamp}').resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    specs = training_specs(arguments, run_dir)
+    shutil.copy(task_file, run_dir / 'config.yaml')
+    nodes = Graph(specs, run_dir / 'logs', _environment(arguments))
+    print(f'sindyrl-ros train: task {arguments.task}, backend {arguments.backend}')
+    print(f'  parameters: {task_file}')
+    print(f'  run directory: {run_dir} (node logs in {nodes.log_dir})')
+    print(f'  nodes: {", ".join(spec.name for spec in specs)}')
+    started = time.monotonic()
+    progress_path = run_dir / 'progress.jsonl'
+    progress_offset = 0
+    outcome = 1
+    nodes.start()
+    try:
+        while True:
+            time.sleep(0.2)
+            if progress_path.exists():
+                with open(progress_path) as progress:
+                    progress.seek(progress_offset)
+                    for line in progress:
+                        if not line.endswith('\n'):
+                            break
+                        progress_offset += len(line.encode())
+                        try:
+                            event = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue
+                        line = _describe(event)
+                        if line:
+                            elapsed = time.monotonic() - started
+                            print(f'[{elapsed:7.1f} s] {line}', flush=True)
+            exited = nodes.exited()
+            if 'run_supervisor' in exited and exited['run_supervisor'] == 0:
+                outcome = 0
+                break
+            if exited:
+                for name, code in exited.items():
+                    print(f'sindyrl-ros train: node {name} exited with code {code}; its log:')
+                    print(nodes.log_tail(name))
+                break
+            if arguments.timeout and time.monotonic() - started > arguments.timeout:
+                print(f'sindyrl-ros train: stopped after the {arguments.timeout:.0f} s timeout')
+                break
+    except KeyboardInterrupt:
+        print('\nsindyrl-ros train: interrupted, stopping the graph')
+        outcome = 130
+    finally:
+        nodes.stop()
+    wall_time = time.monotonic() - started
+    summary_path = run_dir / 'summary.json'
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        print(_summary_text(summary, run_dir, wall_time))
+        if outcome == 0 and not summary.get('reached', False):
+            outcome = 3
+    elif outcome == 0:
+        print('sindyrl-ros train: the run ended without writing summary.json')
+        outcome = 1
+    return outcome
+
+
+def _summary_text(summary: dict, run_dir: Path, wall_time: float) -> str:
+    reached = 'reached' if summary.get('reached') else 'did NOT reach'
+    lines = [
+        '',
+        f'Run {reached} the target: mean eval return {summary.get("eval_return_mean")} '
+        f'(threshold {summary.get("threshold")})',
+        f'  real training steps: {summary.get("real_steps")}'
+        f' (+ {summary.get("eval_steps", 0)} evaluation steps)',
+        f'  policy: {summary.get("nn_parameters")} network parameters; sparse policy '
+        f'{summary.get("sparse_policy_coefficients")} coefficients',
+        f'  wall time: {wall_time:.1f} s',
+        '  model:',
+        *(f'    {equation}' for equation in summary.get('model_equations', [])),
+        f'  everything is in {run_dir}',
+    ]
+    return '\n'.join(lines)
+
+
+def deploy(arguments) -> int:
+    if not arguments.policy.is_file():
+        raise SystemExit(f'sindyrl-ros deploy: policy file {arguments.policy} does not exist')
+    from sindyrl_ros.core.policies import load_policy
+    from sindyrl_ros.core.serialization import FormatError
+
+    try:
+        load_policy(arguments.policy)
+    except (FormatError, OSError) as error:
+        raise SystemExit(f'sindyrl-ros deploy: {error}') from error
+    specs = deploy_specs(arguments)
+    log_dir = arguments.log_dir or Path(os.environ.get('TMPDIR', '/tmp')) / (
+        f'sindyrl-ros-deploy-{time.strftime("%Y%m%d-%H%M%S")}'
+    )
+    nodes = Graph(specs, log_dir, _environment(arguments))
+    print(f'sindyrl-ros deploy: {arguments.policy} on {arguments.backend}; logs in {log_dir}')
+    nodes.start()
+    started = time.monotonic()
+    try:
+        while not nodes.exited():
+            time.sleep(0.2)
+            if arguments.duration and time.monotonic() - started > arguments.duration:
+                break
+        for name, code in nodes.exited().items():
+            print(f'sindyrl-ros deploy: node {name} exited with code {code}:')
+            print(nodes.log_tail(name))
+            return 1
+    except KeyboardInterrupt:
+        print('\nsindyrl-ros deploy: interrupted, sending the safe command and stopping')
+    finally:
+        nodes.stop()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == 'train':
-        print('sindyrl-ros train: the training graph is not there yet', file=sys.stderr)
-        return 2
-    return 0
+        return train(arguments)
+    if arguments.command == 'deploy':
+        return deploy(arguments)
+    return 2
 
 
 if __name__ == '__main__':

@@ -1,0 +1,171 @@
+"""The one description of the sindyrl_ros node graph.
+
+Both the launch files (`launch/*.launch.py`) and the `sindyrl-ros` command build their
+processes from the functions here, so the two cannot drift apart: which nodes run, under which
+names, with which parameter files, overrides and remappings, for each task and backend.
+
+This module imports neither rclpy nor launch: it is plain data, usable from a ROS 2 distro,
+from a pip venv and from tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import sys
+
+PACKAGE = 'sindyrl_ros'
+TASKS = ('pendulum', 'cartpole_swingup')
+# Where the plant is: the embedded gymnasium/MuJoCo simulator, Gazebo (gz_ros2_control), or a
+# physical rig behind the serial bridge.
+BACKENDS = ('sim', 'gazebo')
+# Sim time follows the backend: the simulators publish /clock, a real rig runs on wall time.
+USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One process of the graph.
+
+    executable is the console script (`ros2 run sindyrl_ros <executable>`), module the
+    Python module whose `main()` it calls; name is the ROS node name.
+    """
+
+    name: str
+    executable: str
+    module: str
+    parameter_files: tuple[Path, ...] = ()
+    parameters: dict = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    def ros_arguments(self) -> list[str]:
+        """The `--ros-args` part of this node's command line."""
+        arguments = ['--ros-args', '-r', f'__node:={self.name}']
+        for path in self.parameter_files:
+            arguments += ['--params-file', str(path)]
+        for key, value in self.parameters.items():
+            arguments += ['-p', f'{key}:={format_parameter(value)}']
+        for source, target in self.remappings:
+            arguments += ['-r', f'{source}:={target}']
+        return arguments
+
+
+# executable -> module; setup.py's console_scripts list the same pairs (a test checks it).
+NODE_MODULES = {
+    'plant': 'sindyrl_ros.nodes.plant',
+    'sensor_ingestion': 'sindyrl_ros.nodes.sensor_ingestion',
+    'controller': 'sindyrl_ros.nodes.controller',
+    'model_updater': 'sindyrl_ros.nodes.model_updater',
+    'policy_trainer': 'sindyrl_ros.nodes.policy_trainer',
+    'run_supervisor': 'sindyrl_ros.nodes.run_supervisor',
+}
+
+
+def format_parameter(value) -> str:
+    """A value as `-p key:=value` expects it (YAML syntax)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ', '.join(format_parameter(item) for item in value) + ']'
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'" if value else "''"
+    return repr(value)
+
+
+def config_dir() -> Path:
+    """Where the parameter files are: installed share directory, or the source tree."""
+    override = os.environ.get('SINDYRL_ROS_CONFIG_DIR')
+    if override:
+        return Path(override)
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory(PACKAGE)) / 'config')
+    except (ImportError, LookupError, ValueError, OSError):  # not installed with colcon
+        pass
+    candidates.append(Path(sys.prefix) / 'share' / PACKAGE / 'config')
+    candidates.append(Path(__file__).resolve().parents[1] / 'config')
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f'no sindyrl_ros config directory in any of: {", ".join(map(str, candidates))}'
+    )
+
+
+def task_config(task: str) -> Path:
+    """The ROS parameter file of a shipped task, e.g. config/pendulum.yaml."""
+    if task not in TASKS:
+        raise ValueError(f'unknown task {task!r}; shipped tasks: {", ".join(TASKS)}')
+    return config_dir() / f'{task}.yaml'
+
+
+def _check(task_file: Path, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown backend {backend!r}; choose one of {", ".join(BACKENDS)}')
+    if not Path(task_file).is_file():
+        raise FileNotFoundError(f'parameter file {task_file} does not exist')
+
+
+def _node(executable: str, files, parameters: dict) -> NodeSpec:
+    return NodeSpec(
+        name=executable,
+        executable=executable,
+        module=NODE_MODULES[executable],
+        parameter_files=tuple(Path(path) for path in files),
+        parameters=dict(parameters),
+    )
+
+
+def training_graph(
+    task_file: Path, backend: str = 'sim', run_dir: str | None = None, budget: int | None = None
+) -> list[NodeSpec]:
+    """The nodes that learn a controller on the plant given by `backend`.
+
+    Parameters
+    ----------
+    task_file : path of the task's ROS parameter file (config/<task>.yaml or the user's own).
+    backend : 'sim' (embedded simulated plant, lockstep) or 'gazebo' (plant started by
+        gazebo.launch.py).
+    run_dir : where the MCAP log, models, policies and summary.json go (None: the file's value).
+    budget : real training steps the run may use (None: the file's value).
+    """
+    _check(task_file, backend)
+    sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
+    learning = dict(sim_time, **({'run_dir': run_dir} if run_dir else {}))
+    supervisor = dict(learning, **({'budget': int(budget)} if budget is not None else {}))
+    # Lockstep needs the controller to answer each observation; on a wall clock or a Gazebo
+    # clock it runs at its fixed control rate.
+    controller = dict(sim_time, trigger='observation' if backend == 'sim' else 'timer')
+    files = (task_file,)
+    nodes = []
+    if backend == 'sim':
+        nodes.append(_node('plant', files, dict(sim_time, mode='lockstep')))
+    nodes += [
+        _node('sensor_ingestion', files, sim_time),
+        _node('controller', files, controller),
+        _node('model_updater', files, learning),
+        _node('policy_trainer', files, learning),
+        _node('run_supervisor', files, supervisor),
+    ]
+    return nodes
+
+
+def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> list[NodeSpec]:
+    """Sensor ingestion and the controller running a saved policy: no learning, no exploration."""
+    _check(task_file, backend)
+    sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
+    controller = dict(
+        sim_time,
+        policy_file=str(policy_file),
+        mode='evaluate',
+        trigger='observation' if backend == 'sim' else 'timer',
+    )
+    files = (task_file,)
+    nodes = []
+    if backend == 'sim':
+        nodes.append(_node('plant', files, dict(sim_time, mode='lockstep')))
+    nodes += [_node('sensor_ingestion', files, sim_time), _node('controller', files, controller)]
+    return nodes

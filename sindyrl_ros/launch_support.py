@@ -1,0 +1,24 @@
+"""Turns sindyrl_ros.graph node specs into launch_ros Node actions (for launch/*.launch.py).
+
+launch_ros is imported only here and only when a launch file calls this: the rest of the
+package works where launch is not installed (a pip venv).
+"""
+
+
+def ros_nodes(specs):
+    """One `launch_ros.actions.Node` per graph.NodeSpec, with its files and overrides."""
+    from launch_ros.actions import Node
+
+    from sindyrl_ros.graph import PACKAGE
+
+    return [
+        Node(
+            package=PACKAGE,
+            executable=spec.executable,
+            name=spec.name,
+            parameters=[*map(str, spec.parameter_files), spec.parameters],
+            remappings=list(spec.remappings),
+            output='screen',
+        )
+        for spec in specs
+    ]
