@@ -150,6 +150,49 @@ PARAMETERS = SHARED_PARAMETERS + CONTROLLER_PARAMETERS
 OUTPUT_TOLERANCE = 1e-9  # policy outputs may exceed the limits by rounding only
 
 
+class TickTiming:
+    """Wall-clock period and compute time of the control loop, reported in /diagnostics.
+
+    Fixed-size ring buffers filled every tick (no allocation). Percentiles are computed on
+    one tick per second of ticks, after that tick's command has been published.
+    """
+
+    def __init__(self, control_period: float, diagnostics, window: int = 1000) -> None:
+        self._periods_us = np.zeros(window)
+        self._compute_us = np.zeros(window)
+        self._control_period_us = control_period * 1e6
+        self._report_every = max(1, int(round(1.0 / control_period)))
+        self._diagnostics = diagnostics
+        self._last_start_ns = 0
+        self._ticks = 0
+        self._overruns = 0
+
+    def record(self, started_ns: int, finished_ns: int) -> None:
+        index = self._ticks % len(self._periods_us)
+        self._compute_us[index] = (finished_ns - started_ns) * 1e-3
+        if self._last_start_ns:
+            period = (started_ns - self._last_start_ns) * 1e-3
+            self._periods_us[index] = period
+            if period > 1.5 * self._control_period_us:
+                self._overruns += 1
+        else:
+            self._periods_us[index] = self._control_period_us
+        self._last_start_ns = started_ns
+        self._ticks += 1
+        if self._ticks % self._report_every == 0:
+            self._report()
+
+    def _report(self) -> None:
+        count = min(self._ticks, len(self._periods_us))
+        periods, compute = self._periods_us[:count], self._compute_us[:count]
+        d = self._diagnostics
+        d.set('tick_period_p50_ms', round(float(np.percentile(periods, 50)) * 1e-3, 4))
+        d.set('tick_period_p99_ms', round(float(np.percentile(periods, 99)) * 1e-3, 4))
+        d.set('tick_period_max_ms', round(float(periods.max()) * 1e-3, 4))
+        d.set('tick_compute_p99_us', round(float(np.percentile(compute, 99)), 1))
+        d.set('tick_overruns', self._overruns)
+
+
 class ControllerNode(Node):
     """Runs the policy every control period; the last line of defence for the actuators."""
 
@@ -217,6 +260,7 @@ class ControllerNode(Node):
             self._swap_in(policy, p.policy_file)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._tick_timing = TickTiming(self.control_period, self.diagnostics)
         if p.trigger == 'timer':
             clock = steady if p.clock == 'steady' else None
             self.create_timer(self.control_period, self._on_timer, clock=clock)
@@ -425,10 +469,12 @@ class ControllerNode(Node):
         return fresh
 
     def _on_timer(self) -> None:
+        started = time.perf_counter_ns()
         if self._observation_stamp_ns is None or not self._fresh() or self._estop:
             self._publish_safe()
-            return
-        self._control(self._observation_stamp_ns)
+        else:
+            self._control(self._observation_stamp_ns)
+        self._tick_timing.record(started, time.perf_counter_ns())
 
     def _on_watchdog(self) -> None:
         """Observation trigger: safe command while observations are missing (after the first)."""
