@@ -34,6 +34,8 @@ setup(
             'model_updater = sindyrl_ros.nodes.model_updater:main',
             'policy_trainer = sindyrl_ros.nodes.policy_trainer:main',
             'run_supervisor = sindyrl_ros.nodes.run_supervisor:main',
+            'serial_bridge = sindyrl_ros.nodes.serial_bridge:main',
+            'rig_emulator = sindyrl_ros.rig_emulator:main',
         ],
     },
 )

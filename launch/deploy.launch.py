@@ -29,7 +29,11 @@ def generate_launch_description():
         [
             DeclareLaunchArgument('policy', description='saved policy JSON file to run'),
             DeclareLaunchArgument('task', default_value='pendulum', choices=list(graph.TASKS)),
-            DeclareLaunchArgument('backend', default_value='sim', choices=list(graph.BACKENDS)),
+            DeclareLaunchArgument(
+                'backend', default_value='sim', choices=list(graph.DEPLOY_BACKENDS),
+                description='sim: embedded simulated plant; gazebo: plant from gazebo.launch.py; '
+                'serial: a rig behind the serial bridge (port in the config)',
+            ),
             DeclareLaunchArgument(
                 'config', default_value='',
                 description='your own task parameter file instead of config/<task>.yaml',

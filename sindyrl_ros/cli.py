@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description='Start sensor ingestion and the controller with a saved policy '
         '(exploration off) plus, for --backend sim, the simulated plant. Stops on Ctrl-C.',
     )
-    _add_graph_arguments(deploy)
+    _add_graph_arguments(deploy, graph.DEPLOY_BACKENDS)
     deploy.add_argument('--policy', type=Path, required=True, help='saved policy JSON file')
     deploy.add_argument(
         '--log-dir', type=Path, default=None, help='where node logs go (default: a temp dir)'
@@ -64,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         '--duration', type=float, default=None, help='stop after this many seconds'
     )
+    commands.add_parser(
+        'rig-emulator', add_help=False,
+        help='a simulated rig behind the serial protocol, on a pty (see rig-emulator --help)',
+    )
     return parser
 
 
-def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_graph_arguments(parser: argparse.ArgumentParser, backends=graph.BACKENDS) -> None:
     parser.add_argument(
         '--task', default='pendulum', choices=graph.TASKS,
         help='shipped task (default: %(default)s)',
@@ -77,7 +81,7 @@ def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
         help='your own task parameter file instead of config/<task>.yaml',
     )
     parser.add_argument(
-        '--backend', default='sim', choices=graph.BACKENDS,
+        '--backend', default='sim', choices=backends,
         help='where the plant is (default: %(default)s, the embedded simulated plant)',
     )
     parser.add_argument(
@@ -334,6 +338,11 @@ def deploy(arguments) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['rig-emulator']:
+        from sindyrl_ros import rig_emulator
+
+        return rig_emulator.main(argv[1:])
     arguments = build_parser().parse_args(argv)
     if arguments.command == 'train':
         return train(arguments)

@@ -18,8 +18,10 @@ import sys
 PACKAGE = 'sindyrl_ros'
 TASKS = ('pendulum', 'cartpole_swingup')
 # Where the plant is: the embedded gymnasium/MuJoCo simulator, Gazebo (gz_ros2_control), or a
-# physical rig behind the serial bridge.
+# physical rig behind the serial bridge. Training needs the plant's episode bookkeeping
+# (/sindyrl/episode, /plant/reset), which the serial bridge does not provide yet.
 BACKENDS = ('sim', 'gazebo')
+DEPLOY_BACKENDS = ('sim', 'gazebo', 'serial')
 # Sim time follows the backend: the simulators publish /clock, a real rig runs on wall time.
 USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False}
 
@@ -59,6 +61,7 @@ NODE_MODULES = {
     'model_updater': 'sindyrl_ros.nodes.model_updater',
     'policy_trainer': 'sindyrl_ros.nodes.policy_trainer',
     'run_supervisor': 'sindyrl_ros.nodes.run_supervisor',
+    'serial_bridge': 'sindyrl_ros.nodes.serial_bridge',
 }
 
 
@@ -102,9 +105,9 @@ def task_config(task: str) -> Path:
     return config_dir() / f'{task}.yaml'
 
 
-def _check(task_file: Path, backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f'unknown backend {backend!r}; choose one of {", ".join(BACKENDS)}')
+def _check(task_file: Path, backend: str, backends=BACKENDS) -> None:
+    if backend not in backends:
+        raise ValueError(f'unknown backend {backend!r}; choose one of {", ".join(backends)}')
     if not Path(task_file).is_file():
         raise FileNotFoundError(f'parameter file {task_file} does not exist')
 
@@ -155,17 +158,19 @@ def training_graph(
 
 def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> list[NodeSpec]:
     """Sensor ingestion and the controller running a saved policy: no learning, no exploration."""
-    _check(task_file, backend)
+    _check(task_file, backend, DEPLOY_BACKENDS)
     sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
-    controller = dict(
-        sim_time,
-        policy_file=str(policy_file),
-        mode='evaluate',
-        trigger='observation' if backend == 'sim' else 'timer',
-    )
+    controller = dict(sim_time, policy_file=str(policy_file), mode='evaluate')
+    if backend == 'sim':
+        controller['trigger'] = 'observation'
+    else:
+        # A rig (or Gazebo) runs on its own: a fixed-rate loop, on the steady clock on hardware.
+        controller.update(trigger='timer', clock='steady' if backend == 'serial' else 'ros')
     files = (task_file,)
     nodes = []
     if backend == 'sim':
         nodes.append(_node('plant', files, dict(sim_time, mode='lockstep')))
+    elif backend == 'serial':
+        nodes.append(_node('serial_bridge', files, sim_time))
     nodes += [_node('sensor_ingestion', files, sim_time), _node('controller', files, controller)]
     return nodes

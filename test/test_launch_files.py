@@ -110,7 +110,11 @@ CASES = [
     ('train.launch.py', {'task': task, 'backend': backend})
     for task in graph.TASKS
     for backend in graph.BACKENDS
-] + [('deploy.launch.py', {'task': task, 'policy': '/tmp/policy.json'}) for task in graph.TASKS]
+] + [
+    ('deploy.launch.py', {'task': task, 'backend': backend, 'policy': '/tmp/policy.json'})
+    for task in graph.TASKS
+    for backend in graph.DEPLOY_BACKENDS
+]
 
 
 @pytest.mark.parametrize(('launch_file', 'overrides'), CASES)
