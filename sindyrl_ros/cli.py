@@ -195,6 +195,12 @@ def _describe(event: dict) -> str | None:
             f'{steps} | policy v{event.get("policy_version")}: eval return '
             f'{event.get("eval_return_mean"):.1f}'
         )
+    if kind == 'hold':
+        return f'{steps} | plant held until the next policy ({event.get("reason", "")})'
+    if kind == 'resume':
+        held = event.get('held_s')
+        held = f' after {held:.1f} s' if isinstance(held, (int, float)) else ''
+        return f'{steps} | plant resumed{held} ({event.get("reason", "")})'
     if kind in ('start', 'finish', 'mode'):
         details = ', '.join(
             f'{key} {value}'
@@ -295,7 +301,8 @@ def _summary_text(summary: dict, run_dir: Path, wall_time: float) -> str:
         f' (+ {summary.get("eval_steps", 0)} evaluation steps)',
         f'  policy: {summary.get("nn_parameters")} network parameters; sparse policy '
         f'{summary.get("sparse_policy_coefficients")} coefficients',
-        f'  wall time: {wall_time:.1f} s',
+        f'  wall time: {wall_time:.1f} s, of which the plant was held '
+        f'{summary.get("held_wall_time_s", 0.0):.1f} s while models and policies were trained',
         '  model:',
         *(f'    {equation}' for equation in summary.get('model_equations', [])),
         f'  everything is in {run_dir}',

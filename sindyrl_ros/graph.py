@@ -145,7 +145,10 @@ def training_graph(
     files = (task_file,)
     nodes = []
     if backend == 'sim':
-        nodes.append(_node('plant', files, dict(sim_time, mode='lockstep')))
+        # The run supervisor resumes the plant once it is ready: no real step is taken before
+        # anyone counts it.
+        plant = dict(sim_time, mode='lockstep', start_paused=True)
+        nodes.append(_node('plant', files, plant))
     nodes += [
         _node('sensor_ingestion', files, sim_time),
         _node('controller', files, controller),

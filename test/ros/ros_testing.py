@@ -116,3 +116,113 @@ def spin_until(executor, predicate, timeout: float, step: float = 0.02) -> bool:
             return True
         executor.spin_once(timeout_sec=step)
     return predicate()
+
+
+class NodeStatusProbe:
+    """A test-side node that keeps the latest /diagnostics status of one node under test.
+
+    Subclasses add their own publishers and subscriptions to ``self.node``.
+    """
+
+    def __init__(self, name: str, context, executor, watched: str) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        import rclpy.node
+
+        self.node = rclpy.node.Node(name, context=context)
+        self.executor = executor
+        executor.add_node(self.node)
+        self.watched = watched
+        self.status = None
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_status, 50)
+
+    def _on_status(self, message) -> None:
+        for status in message.status:
+            if status.name == self.watched:
+                self.status = status
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        return spin_until(self.executor, predicate, timeout)
+
+    def value(self, key: str) -> str | None:
+        """The latest reported value of ``key`` (diagnostic values are strings)."""
+        if self.status is None:
+            return None
+        for entry in self.status.values:
+            if entry.key == key:
+                return entry.value
+        return None
+
+    def counter(self, key: str) -> int:
+        value = self.value(key)
+        try:
+            return int(value) if value is not None else 0
+        except ValueError:
+            return 0
+
+    def level(self) -> int | None:
+        if self.status is None:
+            return None
+        level = self.status.level
+        return level[0] if isinstance(level, bytes) else int(level)
+
+    def message(self) -> str:
+        return '' if self.status is None else self.status.message
+
+    def destroy(self) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+def write_params(path: Path, sections: dict) -> Path:
+    """Write a ROS params file: ``{node_name_or_/**: {key: value}}`` -> ros__parameters."""
+    import yaml
+
+    document = {name: {'ros__parameters': values} for name, values in sections.items()}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def node_command(module: str, params_file: Path | None = None, *ros_args: str) -> list[str]:
+    """Command line that runs ``sindyrl_ros.nodes.<module>`` with a params file and ros args."""
+    args = [sys.executable, '-m', f'sindyrl_ros.nodes.{module}', '--ros-args']
+    if params_file is not None:
+        args += ['--params-file', str(params_file)]
+    return args + list(ros_args)
+
+
+class DiagnosticsWatcher:
+    """Keeps the latest /diagnostics key-values of every node (keyed by node name)."""
+
+    def __init__(self, node) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.latest: dict[str, dict[str, str]] = {}
+        self.levels: dict[str, int] = {}
+        self.reports: dict[str, int] = {}  # statuses received per node
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
+
+    def _on_diagnostics(self, message) -> None:
+        for status in message.status:
+            self.latest[status.name] = {kv.key: kv.value for kv in status.values}
+            self.reports[status.name] = self.reports.get(status.name, 0) + 1
+            level = status.level
+            self.levels[status.name] = level[0] if isinstance(level, bytes) else int(level)
+
+    def value(self, node_name: str, key: str, default: str | None = None) -> str | None:
+        return self.latest.get(node_name, {}).get(key, default)
+
+    def count(self, node_name: str, key: str) -> int:
+        return int(self.value(node_name, key, '0'))
+
+
+def diagnostic_array(name: str, values: dict):
+    """A /diagnostics message with one status ``name`` (as a node's Diagnostics publishes)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    status = DiagnosticStatus(
+        name=name,
+        hardware_id=name.rsplit('/', 1)[-1],
+        message='ok',
+        values=[KeyValue(key=key, value=str(value)) for key, value in values.items()],
+    )
+    return DiagnosticArray(status=[status])

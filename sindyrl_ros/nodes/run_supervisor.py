@@ -1,0 +1,901 @@
+"""Run supervisor: drives a Dyna run across the graph and writes its results.
+
+Synchronous Dyna (``hold_for_policy``, the default), as ``core.dyna.run_dyna`` runs it:
+the controller explores (random actions until a policy exists) for ``initial_steps``
+real training steps, then, at the end of an episode (episodes stay whole), the plant is
+held (``/plant/pause`` true) while the model updater refits and the policy trainer
+trains, so that no real step is spent waiting. When a policy trained on a model newer
+than the current policy's source model arrives, it is evaluated and then explores
+(with the controller's exploration noise) for ``steps_per_iteration`` training steps,
+and the plant is held again; and so on. A hold also ends, and exploration goes on for
+another chunk, when the model updater reports on /diagnostics that its fit of the new
+data was rejected or failed (``model_rejected``), when no refit started at all
+(``no_refit``: ``refit_every`` does not divide the chunk), or after ``hold_timeout``.
+Every mode switch happens while the plant is held (pause, set mode, reset, resume), so
+no episode mixes explore and evaluate steps. Holds and resumes go to progress.jsonl
+(``hold`` / ``resume`` events with their reason), the held wall time to summary.json.
+
+Free running (``hold_for_policy`` false): the plant runs episodes and the controller
+explores while the model updater learns and the policy trainer trains; when a new
+policy arrives, the supervisor waits for the current episode to end and evaluates it.
+
+Evaluation: the controller switches to deterministic actions (``/controller/set_mode``
+false), the plant is reset (``/plant/reset``) and runs ``eval_episodes`` evaluation
+episodes, whose mean return is recorded against the real training steps so far; then
+the controller goes back to exploring. Evaluation steps are counted apart
+(``eval_steps``): they are for reporting, not training data, and SINDy-RL's claim is
+about the training interactions.
+
+The run ends when the mean evaluation return reaches ``threshold`` or the training steps
+reach ``budget`` (checked at episode ends; when holding, the policy trained on the last
+chunk is awaited and evaluated first, as the core loop does). Every event goes to
+``run_dir/progress.jsonl`` as it happens, the result to ``run_dir/summary.json``, and the
+process exits with code 0 so a launcher knows the run is over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+import sys
+import time
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from sindyrl_ros.core.policies import policy_from_json
+from sindyrl_ros.core.serialization import FormatError, save_json_document
+from sindyrl_ros.core.tasks import get_task
+from sindyrl_ros.nodes.common import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SHARED_PARAMETERS,
+    Diagnostics,
+    ParamSpec,
+    check_parameter_files,
+    configuration_error,
+    declare_parameters,
+    run_node,
+)
+from sindyrl_ros.nodes.model_updater import task_from_parameters
+
+RUN_SUPERVISOR_PARAMETERS = [
+    ParamSpec(
+        'run_dir',
+        'sindyrl_run',
+        'Directory of this run: progress.jsonl and summary.json are written here',
+        read_only=True,
+    ),
+    ParamSpec(
+        'budget',
+        10_000,
+        'Real training steps allowed (evaluation steps are not '
+        'counted); the run ends when they are spent',
+        range=(1, 1_000_000_000),
+        read_only=True,
+    ),
+    ParamSpec(
+        'eval_episodes',
+        10,
+        'Deterministic episodes per evaluation',
+        range=(1, 100_000),
+        read_only=True,
+    ),
+    ParamSpec(
+        'eval_every_policy',
+        True,
+        'Evaluate every new policy; false = only the latest '
+        'policy, once, when the budget is spent',
+        read_only=True,
+    ),
+    ParamSpec(
+        'max_wall_time',
+        0.0,
+        'Seconds after which the run ends even if neither the '
+        'threshold nor the budget is reached; 0 = no limit',
+        range=(0.0, 1e9),
+        read_only=True,
+    ),
+    ParamSpec(
+        'service_timeout',
+        10.0,
+        'Seconds to wait for a controller/plant service answer before the run ends with an error',
+        range=(0.1, 3600.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'hold_for_policy',
+        True,
+        'Synchronous Dyna: hold the plant (/plant/pause) after each chunk of exploration '
+        'until a policy trained on the new data arrives; false = the plant runs freely '
+        'while models and policies are learned',
+        read_only=True,
+    ),
+    ParamSpec(
+        'initial_steps',
+        200,
+        'Real training steps of random exploration before the first hold (ends at an '
+        'episode end at or after this many steps)',
+        range=(1, 1_000_000_000),
+    ),
+    ParamSpec(
+        'steps_per_iteration',
+        200,
+        'Real training steps explored with each new policy before the plant is held again '
+        '(at an episode end; best a multiple of the model updater refit_every)',
+        range=(1, 1_000_000_000),
+    ),
+    ParamSpec(
+        'hold_timeout',
+        900.0,
+        'Seconds a hold waits for a new policy before exploration goes on anyway; 0 = no limit',
+        range=(0.0, 1e9),
+    ),
+    ParamSpec(
+        'diagnostics_period',
+        1.0,
+        'Seconds between /diagnostics messages',
+        range=(0.01, 3600.0),
+        read_only=True,
+    ),
+]
+
+# A hold without any refit started by the model updater (seen on /diagnostics) for this
+# long ends: no model is coming. Far above the updater's reporting lag (about one
+# diagnostics period) after the chunk's last transition.
+NO_REFIT_GRACE_S = 10.0
+
+
+def run_supervisor_parameters(task) -> list[ParamSpec]:
+    """The supervisor's parameters; ``threshold`` defaults to the task's threshold."""
+    return [
+        ParamSpec(
+            'threshold',
+            float(task.threshold),
+            'Mean evaluation return that ends the run as reached (default: the task threshold)',
+            read_only=True,
+        ),
+        *RUN_SUPERVISOR_PARAMETERS,
+    ]
+
+
+# Everything this node declares (threshold's default here is Pendulum's; at run time it
+# is the configured task's).
+PARAMETERS = SHARED_PARAMETERS + run_supervisor_parameters(get_task('pendulum'))
+
+
+EXPLORE, WAIT_EPISODE_END, SWITCHING, HOLDING, EVALUATING, FINISHED = (
+    'explore',
+    'wait_episode_end',
+    'switching',
+    'holding',
+    'evaluating',
+    'finished',
+)
+
+
+class RunSupervisor(Node):
+    """Explore / evaluate protocol over the controller and plant services (module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__('run_supervisor')
+        # The task comes first: the threshold's default is the task's own threshold.
+        self.shared = declare_parameters(self, SHARED_PARAMETERS)
+        self.task = task_from_parameters(self, self.shared)
+        self.parameters = declare_parameters(self, run_supervisor_parameters(self.task))
+        check_parameter_files(self)
+        p = self.parameters
+        self.threshold = p.threshold
+        self.run_dir = Path(p.run_dir).expanduser()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise configuration_error(self, 'run_dir', f'cannot create it: {error}') from None
+        self.progress_path = self.run_dir / 'progress.jsonl'
+        self.summary_path = self.run_dir / 'summary.json'
+        self._progress_file = open(self.progress_path, 'a', encoding='utf-8')  # noqa: SIM115
+
+        self.started = time.monotonic()
+        self.state = 'starting'
+        self.plant_steps = 0  # every real step the plant made (training + evaluation)
+        self.eval_steps = 0
+        self.episodes = 0
+        self.eval_returns: list[float] = []
+        self.evaluations: list[dict] = []
+        self.model: dict = {}
+        self.policy: dict = {}
+        self.evaluated_policy_version: int | None = None
+        self.evaluating_policy: dict = {}
+        self._to_evaluation = False  # from the switch to evaluate mode until its result
+        self._restart_pending = False
+        self.stop_reason = ''
+        self.reached = False
+        self.steps_to_threshold: int | None = None
+        self.node_status: dict[str, dict] = {}
+        self._pending_calls: list[tuple[Any, Any, str, float]] = []
+        self._summary_written = False
+        # Synchronous Dyna bookkeeping (hold_for_policy).
+        self.holds = 0
+        self.held_wall_time = 0.0
+        self._hold_started: float | None = None
+        self._hold_reason = ''
+        self._plant_paused = False
+        self._chunk_start_steps = 0  # real_steps when the current exploration chunk began
+        # The policy last evaluated or sent exploring: a hold waits for a newer one.
+        self._released_policy_version: Any = None
+        self._released_model_version = 0  # model the released policy was trained on
+        self._updater_baseline = (0, 0)  # model updater (refits, failed fits) at chunk start
+        # From sending /plant/pause false to its answer the plant already runs: episodes
+        # ending meanwhile are handled once the state the resume leads to is set.
+        self._resuming = False
+        self._deferred_episodes: list[tuple[bool, float]] = []
+
+        self.diagnostics = Diagnostics(self, p.diagnostics_period)
+        self.diagnostics.counters['episodes_seen'] = 0
+        for key in (
+            'state',
+            'real_steps',
+            'eval_steps',
+            'eval_return_mean',
+            'model_version',
+            'policy_version',
+        ):
+            self.diagnostics.set(key, 'none')
+        self.diagnostics.set('state', self.state)
+        self.diagnostics.set('holds', 0)
+        self.diagnostics.set('held_wall_time_s', 0.0)
+
+        self.set_mode_client = self.create_client(SetBool, '/controller/set_mode')
+        self.reset_client = self.create_client(Trigger, '/plant/reset')
+        self.pause_client = self.create_client(SetBool, '/plant/pause')
+        self.create_subscription(String, 'sindyrl/episode', self._on_episode, RELIABLE_QOS)
+        self.create_subscription(String, 'sindyrl/model', self._on_model, LATCHED_QOS)
+        self.create_subscription(String, 'sindyrl/policy', self._on_policy, LATCHED_QOS)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        # Steady clock: sim time stands still while a lockstep plant waits, and the
+        # start-up and the time limits must not depend on it.
+        self.create_timer(0.1, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._event(
+            'start',
+            task=self.task.name,
+            budget=p.budget,
+            threshold=self.threshold,
+            eval_episodes=p.eval_episodes,
+            hold_for_policy=p.hold_for_policy,
+            initial_steps=p.initial_steps,
+            steps_per_iteration=p.steps_per_iteration,
+        )
+        hold = (
+            f'holding the plant after {p.initial_steps} initial and every '
+            f'{p.steps_per_iteration} training steps'
+            if p.hold_for_policy
+            else 'plant runs freely'
+        )
+        self.get_logger().info(
+            f'run supervisor ready: task {self.task.name}, budget {p.budget} real steps, '
+            f'threshold {self.threshold}, {p.eval_episodes} evaluation episodes, {hold}, '
+            f'writing to {self.run_dir}'
+        )
+
+    # ------------------------------------------------------------------ accounting
+
+    @property
+    def real_steps(self) -> int:
+        """Real training steps: every plant step that was not an evaluation step."""
+        return max(0, self.plant_steps - self.eval_steps)
+
+    def _event(self, event: str, /, **fields: Any) -> None:
+        record = {
+            'event': event,
+            'time_s': round(time.monotonic() - self.started, 3),
+            'real_steps': self.real_steps,
+            'eval_steps': self.eval_steps,
+            **fields,
+        }
+        self._progress_file.write(json.dumps(_json_safe(record), allow_nan=False) + '\n')
+        self._progress_file.flush()
+
+    def _log_progress(self, what: str) -> None:
+        last = self.evaluations[-1]['eval_return_mean'] if self.evaluations else None
+        self.get_logger().info(
+            f'{what} | real steps {self.real_steps}/{self.parameters.budget}, eval steps '
+            f'{self.eval_steps}, last eval return {_fmt(last)} (threshold {self.threshold}), '
+            f'model {self.model.get("model_version", "-")}, '
+            f'policy {self.policy.get("policy_version", "-")}, state {self.state}'
+        )
+        self.diagnostics.set('state', self.state)
+        self.diagnostics.set('real_steps', self.real_steps)
+        self.diagnostics.set('eval_steps', self.eval_steps)
+        self.diagnostics.set('eval_return_mean', last)
+        self.diagnostics.set('model_version', self.model.get('model_version', 'none'))
+        self.diagnostics.set('policy_version', self.policy.get('policy_version', 'none'))
+
+    # ------------------------------------------------------------------ inputs
+
+    def _on_episode(self, message: String) -> None:
+        try:
+            record = json.loads(message.data)
+            length = int(record['length'])
+            episode_return = float(record['return'])
+        except (ValueError, KeyError, TypeError) as error:
+            self.diagnostics.reject('malformed_episode', f'{message.data[:200]!r}: {error}')
+            return
+        mode = str(record.get('mode', ''))
+        end = str(record.get('end', ''))
+        self.episodes += 1
+        self.diagnostics.counters['episodes_seen'] = self.episodes
+        # Steps of an episode cut short by a mode switch's reset count as training steps:
+        # a few of them ran in the other mode, and overcounting training is the safe side.
+        is_evaluation = mode == 'evaluate' and end != 'reset'
+        if is_evaluation:
+            self.eval_steps += length
+        if 'real_steps' in record:
+            self.plant_steps = max(self.plant_steps, int(record['real_steps']))
+        else:
+            self.plant_steps += length
+        deferred = self.state == SWITCHING and self._resuming and end != 'reset'
+        self._event(
+            'episode',
+            episode=record.get('episode'),
+            mode=mode,
+            end=end,
+            length=length,
+            episode_return=episode_return,
+            evaluation=self.state == EVALUATING and is_evaluation,
+            **({'deferred': True} if deferred else {}),
+        )
+        self._log_progress(
+            f'episode {record.get("episode")} ({mode or "?"}, {end or "?"}) return '
+            f'{episode_return:.2f}'
+        )
+        if end == 'reset':
+            return
+        if deferred:
+            self._deferred_episodes.append((is_evaluation, episode_return))
+            return
+        self._episode_ended(is_evaluation, episode_return)
+
+    def _episode_ended(self, is_evaluation: bool, episode_return: float) -> None:
+        """The protocol's step at the end of a whole episode (not one cut by a reset)."""
+        if self.state == EVALUATING:
+            if is_evaluation:
+                self.eval_returns.append(episode_return)
+                if len(self.eval_returns) >= self.parameters.eval_episodes:
+                    self._evaluation_done()
+        elif self.state in (EXPLORE, WAIT_EPISODE_END):
+            self._after_exploration_episode()
+
+    def _on_model(self, message: String) -> None:
+        try:
+            card = json.loads(message.data)
+            version = int(card['model_version'])
+        except (ValueError, KeyError, TypeError) as error:
+            self.diagnostics.reject('malformed_model', str(error))
+            return
+        validation = card.get('validation') or {}
+        self.model = {
+            'model_version': version,
+            'equations': list(card.get('equations', [])),
+            'n_nonzero': card.get('n_nonzero'),
+            'validation_nrmse': validation.get('nrmse'),
+            'transitions': card.get('transitions'),
+        }
+        self._event('model', **self.model)
+        self._log_progress(f'model {version} received')
+
+    def _on_policy(self, message: String) -> None:
+        try:
+            policy = policy_from_json(
+                message.data,
+                '/sindyrl/policy',
+                self.task.observation_names,
+                self.task.action_names,
+            )
+        except FormatError as error:
+            self.diagnostics.reject('malformed_policy', str(error))
+            return
+        metadata = policy.metadata
+        self.policy = {
+            'policy_version': metadata.get('policy_version'),
+            'source_model_version': metadata.get('source_model_version'),
+            'kind': policy.kind,
+            'nn_parameters': metadata.get('nn_parameters', policy.n_parameters),
+            'sparse_policy_coefficients': metadata.get('sparse_policy_coefficients'),
+            'surrogate_return': metadata.get('surrogate_return'),
+        }
+        self._event('policy', **self.policy)
+        self._log_progress(f'policy {self.policy["policy_version"]} received')
+        if self.state == HOLDING:
+            self._check_hold()
+        elif self.state == EXPLORE and self.parameters.eval_every_policy:
+            self.state = WAIT_EPISODE_END  # evaluate once the current episode ends
+        elif self._to_evaluation and self.policy != self.evaluating_policy:
+            # The controller swaps policies on receipt: episodes already run were partly
+            # the old policy's, so the evaluation starts over with the new one.
+            if self.state == EVALUATING:
+                self._restart_evaluation()
+            else:
+                self._restart_pending = True
+
+    def _on_diagnostics(self, message: DiagnosticArray) -> None:
+        for status in message.status:
+            if status.name == self.get_fully_qualified_name():
+                continue
+            self.node_status[status.name] = {
+                'level': int.from_bytes(status.level, 'little')
+                if isinstance(status.level, bytes)
+                else int(status.level),
+                'message': status.message,
+                'values': {kv.key: kv.value for kv in status.values},
+            }
+
+    # ------------------------------------------------------------------ protocol
+
+    def _tick(self) -> None:
+        """Start once the services exist; enforce the wall-time limit and call timeouts."""
+        p = self.parameters
+        if self.state == 'starting':
+            if (
+                self.set_mode_client.service_is_ready()
+                and self.reset_client.service_is_ready()
+                and (not p.hold_for_policy or self.pause_client.service_is_ready())
+            ):
+                self.state = SWITCHING
+                calls = [self._set_mode_call(explore=True)]
+                if p.hold_for_policy or self.pause_client.service_is_ready():
+                    # The first real step is this run's: a plant started paused (or left
+                    # paused by an earlier run) runs from here.
+                    calls.append(self._pause_call(False))
+                self._chain(calls, then=self._explore_started)
+            return
+        if self.state == FINISHED:
+            return
+        if p.max_wall_time and time.monotonic() - self.started > p.max_wall_time:
+            self._finish('max_wall_time')
+            return
+        now = time.monotonic()
+        for future, _, what, deadline in list(self._pending_calls):
+            if not future.done() and now > deadline:
+                self.get_logger().error(f'no answer from the {what} service')
+                self._finish(f'service_timeout: {what}')
+                return
+        self._check_hold()
+
+    def _explore_started(self) -> None:
+        self.state = EXPLORE
+        self._event('mode', mode='explore')
+        self._log_progress('exploring')
+        if self.parameters.hold_for_policy:
+            if self.parameters.eval_every_policy and self._new_policy():
+                self.state = WAIT_EPISODE_END
+        elif (
+            self.policy
+            and self.parameters.eval_every_policy
+            and (self.policy.get('policy_version') != self.evaluated_policy_version)
+        ):
+            self.state = WAIT_EPISODE_END
+
+    def _after_exploration_episode(self) -> None:
+        p = self.parameters
+        if p.hold_for_policy:
+            self._after_exploration_episode_holding()
+            return
+        unevaluated = bool(self.policy) and (
+            self.policy.get('policy_version') != self.evaluated_policy_version
+        )
+        if self.real_steps >= p.budget:
+            if unevaluated:
+                self._start_evaluation()  # the final policy still gets its evaluation
+            else:
+                self._finish('budget')
+            return
+        if self.state == WAIT_EPISODE_END and unevaluated:
+            self._start_evaluation()
+
+    # ------------------------------------------------------------------ synchronous Dyna
+
+    def _new_policy(self) -> bool:
+        """Whether the current policy is newer than the one last evaluated or released.
+
+        Newer means another version trained on a newer model: a policy retrained on the
+        same model would not have seen the data explored since.
+        """
+        if not self.policy:
+            return False
+        version = self.policy.get('policy_version')
+        if version == self._released_policy_version:
+            return False
+        source = self.policy.get('source_model_version')
+        if isinstance(source, int) and self._released_policy_version is not None:
+            return source > self._released_model_version
+        return True
+
+    def _release_policy(self) -> None:
+        """The current policy is now evaluated or exploring: later holds wait for a newer one."""
+        self._released_policy_version = self.policy.get('policy_version')
+        source = self.policy.get('source_model_version')
+        self._released_model_version = (
+            source if isinstance(source, int) else int(self.model.get('model_version', 0))
+        )
+        self._start_chunk()
+
+    def _start_chunk(self) -> None:
+        """Exploration chunk starts: its steps count from here, updater counts from now."""
+        self._chunk_start_steps = self.real_steps
+        counts = self._updater_counts()
+        self._updater_baseline = (counts[0], counts[1]) if counts else (0, 0)
+
+    def _after_exploration_episode_holding(self) -> None:
+        """At an exploration episode's end: evaluate a new policy, hold, or go on exploring."""
+        p = self.parameters
+        if self.real_steps >= p.budget:
+            if self._new_policy():
+                self._start_evaluation()  # evaluated, then the run ends on the budget
+            else:
+                self._hold('budget')  # the policy trained on the last chunk comes next
+            return
+        if self._new_policy() and p.eval_every_policy:
+            self._start_evaluation()
+            return
+        chunk = p.initial_steps if self.holds == 0 else p.steps_per_iteration
+        if self.real_steps - self._chunk_start_steps >= chunk:
+            self._hold('initial_steps' if self.holds == 0 else 'steps_per_iteration')
+
+    def _hold(self, reason: str) -> None:
+        """Pause the plant and wait for a new policy (or a rejected model, or the timeout)."""
+        self.state = SWITCHING
+        chunk_steps = self.real_steps - self._chunk_start_steps
+
+        def held() -> None:
+            self.state = HOLDING
+            self.holds += 1
+            self._hold_started = time.monotonic()
+            self._hold_reason = reason
+            self._event(
+                'hold',
+                reason=reason,
+                chunk_steps=chunk_steps,
+                waiting_for_model_newer_than=self._released_model_version,
+            )
+            self.diagnostics.set('holds', self.holds)
+            self._log_progress(
+                f'plant held ({reason}) after {chunk_steps} training steps: waiting for a '
+                f'policy trained on a model newer than {self._released_model_version}'
+            )
+            self._check_hold()  # the policy may have come meanwhile
+
+        self._call(self.pause_client, SetBool.Request(data=True), 'plant pause', then=held)
+
+    def _check_hold(self) -> None:
+        """While holding: release on a new policy, a failed update or the timeout."""
+        if self.state != HOLDING:
+            return
+        if self._new_policy():
+            self._release('policy')
+            return
+        reason = self._update_failed()
+        timeout = self.parameters.hold_timeout
+        if reason is None and timeout and time.monotonic() - self._hold_started >= timeout:
+            reason = 'hold_timeout'
+        if reason is not None:
+            self._release(reason)
+
+    def _updater_counts(self) -> tuple[int, int, bool, int] | None:
+        """The model updater's (refits, rejected + failed fits, fit running, model version).
+
+        From its latest /diagnostics status; None before the first one.
+        """
+        namespace = self.get_namespace().rstrip('/')
+        status = self.node_status.get(f'{namespace}/model_updater')
+        if status is None:
+            return None
+        values = status['values']
+        try:
+            return (
+                int(values.get('refits', 0)),
+                int(values.get('models_rejected', 0)) + int(values.get('fit_failures', 0)),
+                values.get('fit_running') == 'True',
+                int(values.get('model_version', 0)),
+            )
+        except ValueError:
+            return None
+
+    def _update_failed(self) -> str | None:
+        """Why no policy will come for the data explored since the last release, or None.
+
+        ``model_rejected``: a refit started in this chunk, the updater is idle, one of its
+        fits since was rejected or failed and no model newer than the released policy's is
+        accepted (an accepted one is being trained on: its policy is coming).
+        ``no_refit``: no refit started at all, ``NO_REFIT_GRACE_S`` into the hold.
+        """
+        counts = self._updater_counts()
+        if counts is None:
+            return None
+        refits, failures, running, accepted = counts
+        base_refits, base_failures = self._updater_baseline
+        if running or accepted > self._released_model_version:
+            return None
+        if refits > base_refits and failures > base_failures:
+            return 'model_rejected'
+        if refits == base_refits and time.monotonic() - self._hold_started >= NO_REFIT_GRACE_S:
+            return 'no_refit'
+        return None
+
+    def _release(self, reason: str) -> None:
+        """End the hold: evaluate the new policy, or explore another chunk, or finish."""
+        p = self.parameters
+        held = time.monotonic() - self._hold_started
+        self.held_wall_time += held
+        self._hold_started = None
+        self._event(
+            'resume',
+            reason=reason,
+            hold_reason=self._hold_reason,
+            held_s=round(held, 3),
+            policy_version=self.policy.get('policy_version'),
+            source_model_version=self.policy.get('source_model_version'),
+        )
+        self.diagnostics.set('held_wall_time_s', round(self.held_wall_time, 3))
+        self._log_progress(f'hold over ({reason}) after {held:.1f} s')
+        self.state = SWITCHING
+        if reason == 'policy':
+            if p.eval_every_policy or self.real_steps >= p.budget:
+                self._start_evaluation()
+                return
+            self._release_policy()  # explores without an evaluation (eval_every_policy off)
+        elif self.real_steps >= p.budget:
+            if self.policy and self.policy.get('policy_version') != self.evaluated_policy_version:
+                self._start_evaluation()  # the latest policy still gets its evaluation
+            else:
+                self._finish('budget')
+            return
+        else:
+            self._start_chunk()  # another chunk with the current policy (or random actions)
+        self._chain([self._pause_call(False)], then=self._explore_started)
+
+    def _set_mode_call(self, explore: bool) -> tuple:
+        what = 'explore mode' if explore else 'evaluate mode'
+        return self.set_mode_client, SetBool.Request(data=explore), what
+
+    def _reset_call(self) -> tuple:
+        return self.reset_client, Trigger.Request(), 'plant reset'
+
+    def _pause_call(self, pause: bool) -> tuple:
+        return self.pause_client, SetBool.Request(data=pause), 'plant pause'
+
+    def _switch(self, explore: bool, then) -> None:
+        """Set the controller's mode and reset the plant, held meanwhile when holding."""
+        calls = [self._set_mode_call(explore), self._reset_call()]
+        if self.parameters.hold_for_policy:
+            pause = [] if self._plant_paused else [self._pause_call(True)]
+            calls = [*pause, *calls, self._pause_call(False)]
+        self._chain(calls, then=then)
+
+    def _chain(self, calls: list[tuple], then) -> None:
+        """Service calls one after the other, then ``then()``; a failure ends the run."""
+        if not calls:
+            then()
+            return
+        (client, request, what), rest = calls[0], calls[1:]
+        self._call(client, request, what, then=lambda: self._chain(rest, then))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _start_evaluation(self) -> None:
+        self.state = SWITCHING
+        self._to_evaluation = True
+        self._restart_pending = False
+        self.evaluating_policy = dict(self.policy)
+        self.eval_returns = []
+        if self.parameters.hold_for_policy:
+            self._release_policy()
+        self._switch(explore=False, then=self._evaluation_started)
+
+    def _restart_evaluation(self) -> None:
+        self._log_progress(
+            f'policy {self.policy.get("policy_version")} arrived during the evaluation of '
+            f'policy {self.evaluating_policy.get("policy_version")}: evaluation restarts'
+        )
+        self._event('evaluation_restart', policy_version=self.policy.get('policy_version'))
+        self.state = SWITCHING
+        self._restart_pending = False
+        self.evaluating_policy = dict(self.policy)
+        self.eval_returns = []
+        if self.parameters.hold_for_policy:
+            self._release_policy()
+        self._call(
+            self.reset_client, Trigger.Request(), 'plant reset', then=self._evaluation_started
+        )
+
+    def _evaluation_started(self) -> None:
+        if self._restart_pending:
+            self._restart_evaluation()
+            return
+        self.state = EVALUATING
+        self.eval_returns = []
+        self._event(
+            'mode', mode='evaluate', policy_version=self.evaluating_policy.get('policy_version')
+        )
+        self._log_progress(f'evaluating policy {self.evaluating_policy.get("policy_version")}')
+
+    def _evaluation_done(self) -> None:
+        p = self.parameters
+        returns = self.eval_returns[: p.eval_episodes]
+        mean = sum(returns) / len(returns)
+        self._to_evaluation = False
+        self.evaluated_policy_version = self.evaluating_policy.get('policy_version')
+        evaluation = {
+            'real_steps': self.real_steps,
+            'eval_steps': self.eval_steps,
+            'eval_return_mean': mean,
+            'eval_returns': returns,
+            'policy_version': self.evaluated_policy_version,
+            'source_model_version': self.evaluating_policy.get('source_model_version'),
+            'model_version': self.model.get('model_version'),
+            'wall_time_s': time.monotonic() - self.started,
+        }
+        self.evaluations.append(evaluation)
+        self._event(
+            'evaluation',
+            **{k: v for k, v in evaluation.items() if k not in ('real_steps', 'eval_steps')},
+        )
+        self._log_progress(f'evaluation of policy {self.evaluated_policy_version}: {mean:.2f}')
+        if mean >= self.threshold:
+            self.reached = True
+            self.steps_to_threshold = self.real_steps
+            self._finish('threshold')
+        elif self.real_steps >= p.budget:
+            self._finish('budget')
+        else:
+            self.state = SWITCHING
+            self._switch(explore=True, then=self._explore_started)
+
+    def _call(self, client, request, what: str, then) -> None:
+        """Call a service without blocking the executor; ``then()`` runs on success."""
+        future = client.call_async(request)
+        entry = (future, client, what, time.monotonic() + self.parameters.service_timeout)
+        self._pending_calls.append(entry)
+        resume = client is self.pause_client and not request.data
+        if resume:
+            self._resuming = True
+
+        def done(finished) -> None:
+            self._pending_calls.remove(entry)
+            if self.state == FINISHED:
+                return
+            response = finished.result()
+            if response is None or not response.success:
+                detail = getattr(response, 'message', 'no response')
+                self.get_logger().error(f'{what} refused: {detail}')
+                self._finish(f'service_refused: {what}')
+                return
+            if client is self.pause_client:
+                self._plant_paused = bool(request.data)
+            if not resume:
+                then()
+                return
+            self._resuming = False
+            then()
+            deferred, self._deferred_episodes = self._deferred_episodes, []
+            for is_evaluation, episode_return in deferred:
+                if self.state != FINISHED:
+                    self._episode_ended(is_evaluation, episode_return)
+
+        future.add_done_callback(done)
+
+    # ------------------------------------------------------------------ results
+
+    def summary(self) -> dict:
+        last = self.evaluations[-1] if self.evaluations else {}
+        return _json_safe(
+            {
+                'task': self.task.name,
+                'reached': self.reached,
+                'threshold': self.threshold,
+                'budget': self.parameters.budget,
+                'stop_reason': self.stop_reason,
+                'real_steps': self.real_steps,
+                'eval_steps': self.eval_steps,
+                'steps_to_threshold': self.steps_to_threshold,
+                'eval_return_mean': last.get('eval_return_mean'),
+                'eval_returns': last.get('eval_returns', []),
+                'evaluated_policy_version': last.get('policy_version'),
+                'model_equations': self.model.get('equations', []),
+                'model_version': self.model.get('model_version'),
+                'model_nonzero': self.model.get('n_nonzero'),
+                'policy_version': self.policy.get('policy_version'),
+                'policy_kind': self.policy.get('kind'),
+                'nn_parameters': self.policy.get('nn_parameters'),
+                'sparse_policy_coefficients': self.policy.get('sparse_policy_coefficients'),
+                'episodes': self.episodes,
+                'evaluations': [
+                    {
+                        k: e[k]
+                        for k in (
+                            'real_steps',
+                            'eval_steps',
+                            'eval_return_mean',
+                            'policy_version',
+                            'model_version',
+                        )
+                    }
+                    for e in self.evaluations
+                ],
+                'node_diagnostics': self.node_status,
+                'hold_for_policy': self.parameters.hold_for_policy,
+                'holds': self.holds,
+                'held_wall_time_s': self.held_wall_time
+                + (
+                    time.monotonic() - self._hold_started
+                    if self._hold_started is not None
+                    else 0.0
+                ),
+                'wall_time_s': time.monotonic() - self.started,
+            }
+        )
+
+    def _finish(self, reason: str) -> None:
+        """Write summary.json, log the result and end the process (exit code 0)."""
+        if self.state == FINISHED:
+            return
+        self.state = FINISHED
+        self.stop_reason = reason
+        self._write_summary()
+        self.get_logger().info(
+            f'run finished ({reason}): reached {self.reached}, eval return '
+            f'{_fmt(self.summary()["eval_return_mean"])} after {self.real_steps} real steps, '
+            f'summary in {self.summary_path}'
+        )
+        # Ends run_node's spin loop; main() then returns 0.
+        self.context.try_shutdown()
+
+    def _write_summary(self) -> None:
+        if self._summary_written:
+            return
+        summary = self.summary()
+        save_json_document(self.summary_path, summary)
+        self._event(
+            'finish',
+            reason=self.stop_reason,
+            reached=self.reached,
+            eval_return_mean=summary['eval_return_mean'],
+        )
+        self._summary_written = True
+
+    def on_shutdown(self) -> None:
+        """Stopped by a signal before the end: still leave a summary of what was done."""
+        if not self._summary_written:
+            self.stop_reason = self.stop_reason or 'interrupted'
+            self._write_summary()
+
+    def destroy_node(self) -> None:
+        if not self._progress_file.closed:
+            self._progress_file.close()
+        super().destroy_node()
+
+
+def _fmt(value: Any) -> str:
+    return f'{value:.2f}' if isinstance(value, float) else str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(RunSupervisor, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
