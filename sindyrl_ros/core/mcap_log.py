@@ -1,11 +1,12 @@
 """Durable recording of observations and actions as MCAP, and pairing them into transitions.
 
-Real interactions are the scarce resource of SINDy-RL, so every observation and action
-the plant produced is kept on disk: a later run can refit from it (``initial_log``) and
-an operator can inspect it in Foxglove or replay it with rosbag2. The file is a plain
-ROS 2 MCAP file (profile ``ros2``, schema encoding ``ros2msg``, message encoding ``cdr``,
-``sensor_msgs/msg/JointState`` on the same topic names as on the graph), written with
-``mcap`` + ``mcap_ros2`` from the message definition text, so this module needs no rclpy.
+Real interactions are the scarce resource of SINDy-RL, so every observation, action and
+reported reward the plant produced is kept on disk: a later run can refit from it
+(``initial_log``) and an operator can inspect it in Foxglove or replay it with rosbag2.
+The file is a plain ROS 2 MCAP file (profile ``ros2``, schema encoding ``ros2msg``,
+message encoding ``cdr``, ``sensor_msgs/msg/JointState`` on the same topic names as on
+the graph), written with ``mcap`` + ``mcap_ros2`` from the message definition text, so
+this module needs no rclpy.
 
 Chunks are completed and flushed to disk by :meth:`TransitionLogWriter.flush` (a node
 calls it periodically), and :func:`read_transition_log` reads a file whose writer was
@@ -15,7 +16,9 @@ A SINDy model x[k+1] = f(x[k], u[k]) is fitted on (observation k, action answeri
 observation k+1) triples. Messages can arrive out of order and some get lost, so
 :class:`TransitionAssembler` pairs them by their stamps (an action carries the stamp of
 the observation it answers), never by arrival order, and cuts trajectories at time gaps,
-mode changes and plant resets.
+mode changes and plant resets. A reward the plant reports (``/sindyrl/reward``, stamped
+like the action: with the observation the step started from) joins the transition of
+that stamp, for tasks that learn their reward.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ __all__ = [
     'JOINT_STATE_TYPE',
     'OBSERVATION_TOPIC',
     'RECORDING_METADATA',
+    'REWARD_NAME',
+    'REWARD_TOPIC',
     'LogFormatError',
     'StampedVector',
     'TransitionAssembler',
@@ -57,6 +62,10 @@ __all__ = [
 
 OBSERVATION_TOPIC = '/sindyrl/observation'
 ACTION_TOPIC = '/sindyrl/action'
+# sensor_msgs/JointState with name = [REWARD_NAME], position = [reward], header.stamp = the
+# stamp of the observation the step started from (= the stamp of the action applied).
+REWARD_TOPIC = '/sindyrl/reward'
+REWARD_NAME = 'reward'
 EXPLORE = 'explore'
 EVALUATE = 'evaluate'
 RECORDING_METADATA = 'sindyrl_ros/recording'
@@ -153,7 +162,7 @@ class TransitionLogWriter:
     metadata : dict of str to str, optional
         Stored as the MCAP metadata record ``sindyrl_ros/recording`` (task, names,
         control period...), so a reader can check a log fits the task before using it.
-    observation_topic, action_topic : str
+    observation_topic, action_topic, reward_topic : str
         Channel topics; the defaults are the graph's topic names.
     chunk_size : int
         Bytes per compressed chunk before it is written out without waiting for
@@ -167,11 +176,13 @@ class TransitionLogWriter:
         observation_topic: str = OBSERVATION_TOPIC,
         action_topic: str = ACTION_TOPIC,
         chunk_size: int = 256 * 1024,
+        reward_topic: str = REWARD_TOPIC,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.observation_topic = observation_topic
         self.action_topic = action_topic
+        self.reward_topic = reward_topic
         self._stream = open(self.path, 'wb')  # noqa: SIM115 (closed by close())
         self._writer = Ros2Writer(self._stream, chunk_size=chunk_size)
         self._schema = self._writer.register_msgdef(JOINT_STATE_TYPE, JOINT_STATE_SCHEMA)
@@ -182,6 +193,7 @@ class TransitionLogWriter:
         self._sequence = 0
         self.observations_written = 0
         self.actions_written = 0
+        self.rewards_written = 0
         self.closed = False
 
     def _write(self, topic: str, message: dict, stamp_ns: int, log_time_ns: int | None) -> None:
@@ -248,6 +260,21 @@ class TransitionLogWriter:
         self._write(self.action_topic, message, stamp_ns, log_time_ns)
         self.actions_written += 1
 
+    def write_reward(self, stamp_ns: int, reward: float, log_time_ns: int | None = None) -> None:
+        """Record one reward the plant reported (``position`` = [reward]).
+
+        Parameters
+        ----------
+        stamp_ns : int
+            Stamp of the observation the rewarded step started from, in nanoseconds.
+        reward : float
+        log_time_ns : int, optional
+            Receive time; the wall clock when omitted.
+        """
+        message = _joint_state(stamp_ns, '', (REWARD_NAME,), 'position', [reward])
+        self._write(self.reward_topic, message, stamp_ns, log_time_ns)
+        self.rewards_written += 1
+
     def flush(self) -> None:
         """Complete the chunk in progress and push it to the disk (fsync).
 
@@ -292,6 +319,8 @@ class TransitionLog:
         In file order.
     actions : list of StampedVector
         In file order; ``frame_id`` is the controller mode.
+    rewards : list of StampedVector
+        Rewards the plant reported, in file order (``values`` has one element).
     metadata : dict of str to str
         The ``sindyrl_ros/recording`` metadata record (empty if absent).
     complete : bool
@@ -301,6 +330,7 @@ class TransitionLog:
 
     observations: list[StampedVector] = field(default_factory=list)
     actions: list[StampedVector] = field(default_factory=list)
+    rewards: list[StampedVector] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     complete: bool = True
 
@@ -309,8 +339,9 @@ def read_transition_log(
     path: str | os.PathLike,
     observation_topic: str = OBSERVATION_TOPIC,
     action_topic: str = ACTION_TOPIC,
+    reward_topic: str = REWARD_TOPIC,
 ) -> TransitionLog:
-    """Read the observations and actions of a recording written by :class:`TransitionLogWriter`.
+    """Read observations, actions and rewards of a recording by :class:`TransitionLogWriter`.
 
     Any ROS 2 MCAP file with ``sensor_msgs/msg/JointState`` on these topics works (e.g. one
     recorded by rosbag2); other channels are skipped.
@@ -319,7 +350,7 @@ def read_transition_log(
     ----------
     path : path-like
         The ``.mcap`` file.
-    observation_topic, action_topic : str
+    observation_topic, action_topic, reward_topic : str
         Topics to read.
 
     Returns
@@ -340,6 +371,7 @@ def read_transition_log(
     wanted = {
         observation_topic: ('position', log.observations),
         action_topic: ('effort', log.actions),
+        reward_topic: ('position', log.rewards),
     }
     seen_header = False
     with open(path, 'rb') as stream:
@@ -417,7 +449,9 @@ class TransitionAssembler:
     Consecutive transitions of the same mode form a trajectory; a gap, a jump or a
     change of mode (explore/evaluate/safe) ends it. Arrival order never matters: the
     pairing is recomputed around each new message, so a late message completes the
-    transitions it belongs to.
+    transitions it belongs to. Rewards (stamped like actions) ride along: they never
+    decide whether a transition is complete, but :meth:`trajectories` can keep only the
+    rewarded ones (to fit a reward model).
 
     Parameters
     ----------
@@ -447,6 +481,7 @@ class TransitionAssembler:
         self._stamps: list[int] = []  # sorted observation stamps
         self._observations: dict[int, np.ndarray] = {}
         self._actions: dict[int, tuple[np.ndarray, str]] = {}
+        self._rewards: dict[int, float] = {}
         self._complete: dict[int, str] = {}  # stamp of observation k -> mode of its transition
         self._counts: dict[str, int] = {}  # complete transitions per mode
         self.duplicates = 0
@@ -477,6 +512,22 @@ class TransitionAssembler:
             return 0
         self._actions[stamp_ns] = (np.array(action, dtype=np.float64).reshape(-1), str(mode))
         return self._recheck(stamp_ns)
+
+    def add_reward(self, stamp_ns: int, reward: float) -> bool:
+        """Add the reward of the step from the observation stamped ``stamp_ns``.
+
+        Returns False for a repeated stamp (kept: the first) or a non-finite reward
+        (refused), True otherwise.
+        """
+        stamp_ns = int(stamp_ns)
+        if stamp_ns in self._rewards:
+            self.duplicates += 1
+            return False
+        reward = float(reward)
+        if not np.isfinite(reward):
+            return False
+        self._rewards[stamp_ns] = reward
+        return True
 
     def _next_stamp(self, stamp_ns: int) -> int | None:
         index = bisect.bisect_right(self._stamps, stamp_ns)
@@ -524,12 +575,25 @@ class TransitionAssembler:
         """Actions buffered."""
         return len(self._actions)
 
+    @property
+    def n_rewards(self) -> int:
+        """Rewards buffered."""
+        return len(self._rewards)
+
+    def rewarded_counts(self) -> dict[str, int]:
+        """Complete transitions with a reported reward, per mode."""
+        counts: dict[str, int] = {}
+        for stamp, mode in self._complete.items():
+            if stamp in self._rewards:
+                counts[mode] = counts.get(mode, 0) + 1
+        return counts
+
     def transition_counts(self) -> dict[str, int]:
         """Complete transitions per mode, e.g. ``{'explore': 180, 'evaluate': 400}``."""
         return {mode: count for mode, count in self._counts.items() if count}
 
     def trajectories(
-        self, modes: Iterable[str] | None = (EXPLORE,), min_steps: int = 1
+        self, modes: Iterable[str] | None = (EXPLORE,), min_steps: int = 1, rewards: bool = False
     ) -> list[Trajectory]:
         """Cut the complete transitions into gap-free, single-mode trajectories.
 
@@ -540,6 +604,9 @@ class TransitionAssembler:
             the model; 'evaluate' episodes are for reporting.
         min_steps : int
             Shorter trajectories are left out.
+        rewards : bool
+            Keep only transitions with a reported reward (a missing one cuts the
+            trajectory) and fill ``Trajectory.rewards``.
 
         Returns
         -------
@@ -558,6 +625,11 @@ class TransitionAssembler:
                     Trajectory(
                         observations=np.stack([self._observations[s] for s in stamps]),
                         actions=np.stack([self._actions[s][0] for s in run]),
+                        rewards=(
+                            np.asarray([self._rewards[s] for s in run], dtype=np.float64)
+                            if rewards
+                            else None
+                        ),
                         times=np.asarray(stamps, dtype=np.float64) / _NS,
                     )
                 )
@@ -567,6 +639,7 @@ class TransitionAssembler:
         for stamp in self._stamps:
             mode = self._complete.get(stamp)
             usable = mode is not None and (allowed is None or mode in allowed)
+            usable = usable and (not rewards or stamp in self._rewards)
             if run and (not usable or stamp != expected_next or mode != run_mode):
                 close_run()
             if usable:
@@ -609,4 +682,7 @@ def assemble_log(
         assembler.add_observation(observation.stamp_ns, observation.values)
     for action in log.actions:
         assembler.add_action(action.stamp_ns, action.values, action.frame_id)
+    for reward in log.rewards:
+        if len(reward.values) == 1:
+            assembler.add_reward(reward.stamp_ns, reward.values[0])
     return assembler

@@ -35,6 +35,7 @@ from sindyrl_ros.core.serialization import (
 from sindyrl_ros.core.trajectories import Trajectory
 
 __all__ = [
+    'LEARNED_REWARD',
     'REWARDS',
     'REWARD_FORMAT',
     'RewardFunction',
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 RewardFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# A task whose reward is this word learns it: the plant reports rewards, the model updater
+# fits a SparseRewardModel with every model, the policy trainer trains on it.
+LEARNED_REWARD = 'learned'
 REWARD_FORMAT = 'sindyrl_ros/reward'
 REWARD_VERSION = 1
 

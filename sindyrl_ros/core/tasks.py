@@ -64,8 +64,9 @@ class TaskSpec:
     angle_pairs : tuple of (int, int)
         Indices of (cos θ, sin θ) observation pairs, kept on the unit circle by the model.
     reward : str
-        Name in ``sindyrl_ros.core.reward.REWARDS`` or an expression of the observation
-        and action names (see ``expression_reward``).
+        Name in ``sindyrl_ros.core.reward.REWARDS``, an expression of the observation
+        and action names (see ``expression_reward``), or ``'learned'`` (fitted from the
+        rewards the plant reports: see ``SparseRewardModel``).
     threshold : float
         Mean episode return that counts as solved.
     episode_length : int
@@ -191,9 +192,21 @@ class TaskSpec:
         return env
 
     def reward_function(self) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-        """Vectorised reward ``fn(observations, actions, next_observations) -> (N,)``."""
+        """Vectorised reward ``fn(observations, actions, next_observations) -> (N,)``.
+
+        Raises
+        ------
+        ValueError
+            For a learned reward (it comes with each model, not with the task) and for an
+            expression that does not parse or uses anything not allowed.
+        """
         from sindyrl_ros.core import reward
 
+        if self.reward == reward.LEARNED_REWARD:
+            raise ValueError(
+                f'task {self.name!r} learns its reward: use the SparseRewardModel that comes '
+                'with each model'
+            )
         if self.reward in reward.REWARDS:
             return reward.REWARDS[self.reward]
         return reward.expression_reward(self.reward, self.observation_names, self.action_names)

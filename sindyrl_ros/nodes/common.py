@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -47,6 +47,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 import yaml
 
+if TYPE_CHECKING:
+    from sindyrl_ros.core.tasks import TaskSpec
+
 __all__ = [
     'SENSOR_QOS',
     'RELIABLE_QOS',
@@ -55,6 +58,9 @@ __all__ = [
     'ParameterFileError',
     'ParameterValues',
     'SHARED_PARAMETERS',
+    'task_from_parameters',
+    'highest_version',
+    'json_safe',
     'declare_parameters',
     'check_parameter_files',
     'configuration_error',
@@ -132,13 +138,75 @@ class ParamSpec:
 
 _SHARED_DESCRIPTION = ' (shared by every node: the /** section of config/<task>.yaml)'
 
-# The task's signal names and limits: every node must agree on them.
+# The task's signal names and limits: every node must agree on them. Without env_id they
+# name and may narrow a registered task; with env_id they define a new one (a new task is
+# a config file: see sindyrl_ros.core.task_parameters).
 SHARED_PARAMETERS = [
     ParamSpec(
         'task',
         '',
-        'Task name in sindyrl_ros.core.tasks.TASKS' + _SHARED_DESCRIPTION,
+        'Task name: one in sindyrl_ros.core.tasks.TASKS, or the name of the task that '
+        'env_id defines' + _SHARED_DESCRIPTION,
         read_only=True,
+    ),
+    ParamSpec(
+        'env_id',
+        '',
+        'gymnasium id of the simulated plant of a task defined in the parameter file '
+        "(e.g. MountainCarContinuous-v0; 'module:Env-v0' imports module); empty = the "
+        'registered task named by task' + _SHARED_DESCRIPTION,
+        read_only=True,
+    ),
+    ParamSpec(
+        'reward',
+        '',
+        'Reward: a name in sindyrl_ros.core.reward.REWARDS, an expression of observation '
+        "and action names (e.g. '-position**2 - 0.1*force**2'; observation names are the "
+        "observation after the step; parsed against a whitelist, never eval'd), or "
+        "'learned' (fitted from the rewards the plant reports on /sindyrl/reward); empty = "
+        "the registered task's" + _SHARED_DESCRIPTION,
+        read_only=True,
+    ),
+    ParamSpec(
+        'threshold',
+        0.0,
+        'Mean evaluation return that counts as solved; required with env_id, otherwise the '
+        "registered task's unless given" + _SHARED_DESCRIPTION,
+        read_only=True,
+    ),
+    ParamSpec(
+        'episode_length',
+        0,
+        "Steps per episode (real and surrogate); 0 = the registered task's (required with "
+        'env_id)' + _SHARED_DESCRIPTION,
+        range=(0, 100_000_000),
+        read_only=True,
+    ),
+    ParamSpec(
+        'angle_pairs',
+        [],
+        'Observation indices of angles seen as (cos, sin), flattened: '
+        '[cos0, sin0, cos1, sin1, ...]; the model keeps each pair on the unit circle'
+        + _SHARED_DESCRIPTION,
+        range=(0, 10_000),
+        read_only=True,
+        type=Parameter.Type.INTEGER_ARRAY,
+    ),
+    ParamSpec(
+        'observation_low',
+        [],
+        'Lower bound of plausible observations per feature: a surrogate state below is a '
+        "divergence (required with env_id; empty = the registered task's)" + _SHARED_DESCRIPTION,
+        read_only=True,
+        type=Parameter.Type.DOUBLE_ARRAY,
+    ),
+    ParamSpec(
+        'observation_high',
+        [],
+        'Upper bound of plausible observations per feature (see observation_low)'
+        + _SHARED_DESCRIPTION,
+        read_only=True,
+        type=Parameter.Type.DOUBLE_ARRAY,
     ),
     ParamSpec(
         'observation_names',
@@ -389,6 +457,11 @@ def declare_parameters(
     (``ros2 param set``) go through the same checks in an on-set callback and are refused
     with a reason. Call :func:`check_parameter_files` once all parameters are declared.
 
+    A name declared already (earlier in ``specs`` or by an earlier call) is declared once:
+    a node may list a shared parameter again with a default of its own (the supervisor's
+    ``threshold`` defaults to its task's). The returned value is then the given one (file
+    or ``-p``) or, when none was given, that spec's default.
+
     Parameters
     ----------
     node : rclpy.node.Node
@@ -405,7 +478,10 @@ def declare_parameters(
     overrides = getattr(node, '_parameter_overrides', {})  # params files + -p, parsed by rcl
     sources = _parameter_sources(node)
     by_name = {spec.name: spec for spec in specs}
+    declared: set[str] = set()
     for spec in specs:
+        again = spec.name in declared or node.has_parameter(spec.name)
+        declared.add(spec.name)
         value = spec.default
         if spec.name in overrides:
             try:
@@ -421,6 +497,9 @@ def declare_parameters(
                 f'parameter {spec.name!r} of node {node.get_fully_qualified_name()} '
                 f'({_where(spec.name, sources)}): {problem}'
             )
+        if again:
+            values._values[spec.name] = value
+            continue
         descriptor = _descriptor(spec)
         expected = spec.parameter_type()
         if isinstance(value, list) and not value:
@@ -487,6 +566,68 @@ def check_parameter_files(node: Node) -> None:
         )
 
 
+def task_from_parameters(node: Node, parameters: ParameterValues) -> TaskSpec:
+    """The task the shared parameters describe: a registered one, or one defined by env_id.
+
+    Without ``env_id`` the parameters name a registered task; given names must equal its
+    names (a model is keyed by them), action limits may only be tighter, and the control
+    period may differ from the simulator's dt (a real robot's loop rate); reward,
+    threshold, episode length and observation bounds may replace the task's. With
+    ``env_id`` they define a new task (see :mod:`sindyrl_ros.core.task_parameters`).
+
+    Raises
+    ------
+    ParameterFileError
+        Naming the parameter that is missing or does not fit, and the file that set it.
+    """
+    from sindyrl_ros.core.task_parameters import (
+        TASK_PARAMETERS,
+        TaskParameterError,
+    )
+    from sindyrl_ros.core.task_parameters import (
+        task_from_parameters as build_task,
+    )
+
+    values = {name: parameters[name] for name in TASK_PARAMETERS}
+    given = set(getattr(node, '_parameter_overrides', {}))
+    try:
+        return build_task(values, given)
+    except TaskParameterError as error:
+        problem = error.problem
+        if error.parameter not in given:
+            # A missing parameter has no file of its own: name the file that defines the task.
+            sources = _parameter_sources(node)
+            origin = 'env_id' if values['env_id'] else 'task'
+            if origin in sources:
+                problem += f' (add it where {origin} is set: {" and ".join(sources[origin])})'
+        raise configuration_error(node, error.parameter, problem) from None
+
+
+def highest_version(directory: Path, prefix: str) -> int:
+    """The largest version of the files ``<prefix><version>.json`` in ``directory``, or 0."""
+    versions = [0]
+    for path in Path(directory).glob(f'{prefix}*.json'):
+        suffix = path.stem[len(prefix) :]
+        if suffix.isdigit():
+            versions.append(int(suffix))
+    return max(versions)
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics with NaN/inf replaced by None (JSON has no NaN) and numpy scalars as Python."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
 # --------------------------------------------------------------------------- diagnostics
 
 
@@ -539,8 +680,12 @@ class Diagnostics:
         ):
             suppressed = self._suppressed.pop(reason, 0)
             more = f' ({suppressed} more since the last report)' if suppressed else ''
-            log = getattr(self._node.get_logger(), severity)
-            log(f'refused ({reason}): {detail}{more}')
+            text = f'refused ({reason}): {detail}{more}'
+            # One call site per severity: rclpy refuses a call site whose severity changes.
+            if severity == 'error':
+                self._node.get_logger().error(text)
+            else:
+                self._node.get_logger().warning(text)
             self._last_log[reason] = now
         else:
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1

@@ -10,6 +10,11 @@ held-out trajectories stay close; a diverging model is reported and never publis
 
 Only transitions answered in ``explore`` mode train the model; ``evaluate`` episodes are
 recorded with their mode but left out of every fit, because they are for reporting.
+
+Rewards the plant reports on ``/sindyrl/reward`` (stamped with the observation the step
+started from) are recorded too. When the task's reward is ``learned``, every fit also
+fits a sparse polynomial reward model on the rewarded exploration transitions and sends
+it in the model card (``reward_model``), so the policy trainer can score surrogate steps.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ from std_msgs.msg import String
 from sindyrl_ros.core.mcap_log import (
     EVALUATE,
     EXPLORE,
+    REWARD_NAME,
     LogFormatError,
     TransitionAssembler,
     TransitionLogWriter,
     read_transition_log,
 )
-from sindyrl_ros.core.serialization import FormatError, save_json_document
+from sindyrl_ros.core.reward import LEARNED_REWARD
+from sindyrl_ros.core.serialization import save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     SHARED_PARAMETERS,
@@ -50,10 +57,16 @@ from sindyrl_ros.nodes.common import (
     check_parameter_files,
     configuration_error,
     declare_parameters,
+    highest_version,
+    json_safe,
     read_vector,
     run_node,
     stamp_to_ns,
+    task_from_parameters,
 )
+
+# task_from_parameters and highest_version moved to nodes.common; still importable from here.
+_json_safe = json_safe
 
 # Every transition counts and a burst (a replayed log, a fit hogging the CPU) must not
 # overflow the reader: reliable like RELIABLE_QOS, with a deep queue.
@@ -129,6 +142,27 @@ MODEL_UPDATER_PARAMETERS = [
         'aggregate', 'median', 'How member coefficients are combined', choices=('median', 'mean')
     ),
     ParamSpec(
+        'reward_library_degree',
+        2,
+        "Largest polynomial degree of the learned reward's candidate terms (a task with "
+        "reward 'learned')",
+        range=(1, 8),
+    ),
+    ParamSpec(
+        'reward_stlsq_threshold',
+        0.01,
+        'Learned reward: a term is dropped when its coefficient, on unit-RMS features, is '
+        'below this fraction of the reward standard deviation',
+        range=(0.0, 1e6),
+    ),
+    ParamSpec(
+        'reward_observation',
+        'auto',
+        'Learned reward: whether it is a function of the observation before the step '
+        '(current), after it (next), or whichever of the two fits the rewards better (auto)',
+        choices=('auto', 'current', 'next'),
+    ),
+    ParamSpec(
         'n_start_observations',
         256,
         'Recorded observations sent with the model for starting surrogate episodes',
@@ -183,51 +217,6 @@ MODEL_UPDATER_PARAMETERS = [
 PARAMETERS = SHARED_PARAMETERS + MODEL_UPDATER_PARAMETERS
 
 
-# --------------------------------------------------------------------------- task
-
-
-def task_from_parameters(node: Node, parameters) -> Any:
-    """The TaskSpec named by the shared parameters, with their names, limits and period.
-
-    The shared ``/**`` parameters describe the robot; they must agree with the task's
-    names (a model is keyed by them). Limits may only be tighter than the task's, and the
-    control period may differ from the simulator's dt (a real robot's loop rate).
-
-    Raises
-    ------
-    ParameterFileError
-        Naming the parameter that does not fit the task.
-    """
-    from sindyrl_ros.core.tasks import TaskSpec, get_task
-
-    if not parameters.task:
-        raise configuration_error(node, 'task', 'name the task (e.g. pendulum)')
-    try:
-        task = get_task(parameters.task)
-    except KeyError as error:
-        raise configuration_error(node, 'task', str(error.args[0])) from None
-    document = task.to_dict()
-    for key in ('observation_names', 'action_names'):
-        given = list(parameters[key])
-        if given and given != list(document[key]):
-            raise configuration_error(
-                node, key, f'{given} differs from task {task.name}: {document[key]}'
-            )
-    m = len(task.action_names)
-    for key, tighter in (('action_low', np.maximum), ('action_high', np.minimum)):
-        given = list(parameters[key])
-        if given:
-            if len(given) != m:
-                raise configuration_error(node, key, f'expected {m} values, got {len(given)}')
-            document[key] = tighter(np.asarray(document[key]), given).tolist()
-    if parameters.control_period:
-        document['dt'] = float(parameters.control_period)
-    try:
-        return TaskSpec.from_dict(document, where=f'task {task.name}')
-    except FormatError as error:
-        raise configuration_error(node, 'action_low', str(error)) from None
-
-
 # --------------------------------------------------------------------------- fitting
 
 
@@ -239,13 +228,16 @@ def fit_model(request: dict) -> dict:
     request : dict
         ``task`` (TaskSpec dict), ``config`` (DynaConfig fields), ``trajectories`` (list of
         (observations (T+1, n), actions (T, m), times (T+1,))), ``model_version``,
-        ``n_start_observations``, ``seed``.
+        ``n_start_observations``, ``seed``; for a task whose reward is learned also
+        ``reward_trajectories`` (list of (observations (T+1, n), actions (T, m), rewards
+        (T,))) and ``reward_config`` (``degree``, ``threshold``, ``observation``).
 
     Returns
     -------
     dict
         ``card`` (the model card), ``accepted``, ``validation``, ``fit_time_s`` and
-        ``model_version``; or ``error`` (text) if the fit failed.
+        ``model_version``; or ``error`` (text) if the fit failed. A learned reward goes
+        into the card as ``reward_model`` (``SparseRewardModel.to_dict()``).
     """
     from sindyrl_ros.core.dyna import DynaConfig, fit_dynamics, sample_start_observations
     from sindyrl_ros.core.dynamics import EnsembleConfig
@@ -278,6 +270,13 @@ def fit_model(request: dict) -> dict:
         card['transitions'] = int(sum(t.n_steps for t in trajectories))
         card['trajectories'] = len(trajectories)
         fit_time = time.perf_counter() - started
+        if task.reward == LEARNED_REWARD:
+            card['reward_model'] = fit_reward_model(
+                task,
+                request.get('reward_trajectories', []),
+                request.get('reward_config', {}),
+            ).to_dict()
+            fit_time = time.perf_counter() - started
         card['fit_time_s'] = fit_time
         json.dumps(card, allow_nan=False)  # a card that cannot be published is a failed fit
         return {
@@ -296,33 +295,59 @@ def fit_model(request: dict) -> dict:
         }
 
 
-def highest_version(directory: Path, prefix: str) -> int:
-    """The largest version of the files ``<prefix><version>.json`` in ``directory``, or 0."""
-    versions = [0]
-    for path in directory.glob(f'{prefix}*.json'):
-        suffix = path.stem[len(prefix) :]
-        if suffix.isdigit():
-            versions.append(int(suffix))
-    return max(versions)
+def fit_reward_model(task, reward_trajectories: Sequence, settings: dict):
+    """Fit the sparse polynomial reward of a task that learns its reward.
+
+    Parameters
+    ----------
+    task : TaskSpec
+    reward_trajectories : sequence of (observations (T+1, n), actions (T, m), rewards (T,))
+        Rewarded exploration transitions.
+    settings : dict
+        ``degree`` (library degree, default 2), ``threshold`` (relative STLSQ threshold,
+        default 0.01), ``observation``: ``'current'``, ``'next'`` or ``'auto'`` (fit both,
+        keep the one with the smaller error).
+
+    Returns
+    -------
+    SparseRewardModel
+
+    Raises
+    ------
+    ValueError
+        If no reward was reported for any exploration transition.
+    """
+    from sindyrl_ros.core.library import LibraryConfig
+    from sindyrl_ros.core.reward import SparseRewardModel
+    from sindyrl_ros.core.trajectories import Trajectory
+
+    trajectories = [
+        Trajectory(observations, actions, rewards)
+        for observations, actions, rewards in reward_trajectories
+    ]
+    if not any(t.n_steps for t in trajectories):
+        raise ValueError(
+            f'task {task.name} learns its reward, but no reward was reported on '
+            '/sindyrl/reward for any exploration transition (the plant publishes them)'
+        )
+    observation = settings.get('observation', 'auto')
+    choices = ('current', 'next') if observation == 'auto' else (observation,)
+    models = [
+        SparseRewardModel(
+            task.observation_names,
+            task.action_names,
+            library=LibraryConfig(degree=int(settings.get('degree', 2)), control='full'),
+            angle_pairs=task.angle_pairs,
+            threshold=float(settings.get('threshold', 0.01)),
+            observation=choice,
+        ).fit(trajectories)
+        for choice in choices
+    ]
+    return min(models, key=lambda model: model.fit_info['rmse'])
 
 
 def _fmt(value: Any) -> str:
     return f'{value:.4g}' if isinstance(value, float) else str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """Metrics with NaN/inf replaced by None (JSON has no NaN) and numpy scalars as Python."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 def _fit_loop(connection) -> None:
@@ -463,6 +488,7 @@ class ModelUpdater(Node):
         for key in (
             'observations_recorded',
             'actions_recorded',
+            'rewards_recorded',
             'refits',
             'models_accepted',
             'models_rejected',
@@ -481,6 +507,7 @@ class ModelUpdater(Node):
                 'observation_names': json.dumps(self.observation_names),
                 'action_names': json.dumps(self.action_names),
                 'control_period': repr(self.task.dt),
+                'reward': self.task.reward,
                 'initial_log': p.initial_log,
             },
         )
@@ -494,6 +521,7 @@ class ModelUpdater(Node):
             JointState, 'sindyrl/observation', self._on_observation, TRANSITION_QOS
         )
         self.create_subscription(JointState, 'sindyrl/action', self._on_action, TRANSITION_QOS)
+        self.create_subscription(JointState, 'sindyrl/reward', self._on_reward, TRANSITION_QOS)
         # Steady clock: in lockstep simulation sim time stands still whenever the plant
         # waits, and a finished fit or a flush must not wait for it.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -556,11 +584,19 @@ class ModelUpdater(Node):
                 action.stamp_ns, self.action_names, values, action.frame_id, action.log_time_ns
             )
             self.assembler.add_action(action.stamp_ns, values, action.frame_id)
+        for reward in log.rewards:
+            values = self._reorder(reward.names, reward.values, (REWARD_NAME,))
+            if values is None:
+                continue
+            self.recording.write_reward(reward.stamp_ns, values[0], reward.log_time_ns)
+            self.assembler.add_reward(reward.stamp_ns, values[0])
         self.diagnostics.increment('observations_recorded', len(log.observations))
         self.diagnostics.increment('actions_recorded', len(log.actions))
+        self.diagnostics.increment('rewards_recorded', len(log.rewards))
         self.get_logger().info(
-            f'loaded {len(log.observations)} observations and {len(log.actions)} actions '
-            f'from {self.parameters.initial_log}: {self.assembler.transition_counts()}'
+            f'loaded {len(log.observations)} observations, {len(log.actions)} actions and '
+            f'{len(log.rewards)} rewards from {self.parameters.initial_log}: '
+            f'{self.assembler.transition_counts()}'
         )
 
     def _reorder(
@@ -604,6 +640,17 @@ class ModelUpdater(Node):
             self._update_counts()
             self._maybe_fit()
 
+    def _on_reward(self, message: JointState) -> None:
+        try:
+            reward = read_vector(message, (REWARD_NAME,), 'position')
+        except MessageError as error:
+            self.diagnostics.reject(f'reward_{error.reason}', f'sindyrl/reward: {error.detail}')
+            return
+        stamp_ns = stamp_to_ns(message.header.stamp)
+        self.recording.write_reward(stamp_ns, reward[0], self._log_time_ns())
+        self.diagnostics.increment('rewards_recorded')
+        self.assembler.add_reward(stamp_ns, reward[0])
+
     def _update_counts(self) -> None:
         counts = self.assembler.transition_counts()
         self._explore = counts.get(EXPLORE, 0)
@@ -643,6 +690,17 @@ class ModelUpdater(Node):
             'n_start_observations': p.n_start_observations,
             'seed': p.seed,
         }
+        if self.task.reward == LEARNED_REWARD:
+            rewarded = self.assembler.trajectories(modes=(EXPLORE,), rewards=True)
+            request['reward_trajectories'] = [
+                (t.observations, t.actions, t.rewards) for t in rewarded
+            ]
+            request['reward_config'] = {
+                'degree': p.reward_library_degree,
+                'threshold': p.reward_stlsq_threshold,
+                'observation': p.reward_observation,
+            }
+            self.diagnostics.set('transitions_rewarded', sum(t.n_steps for t in rewarded))
         self._pending_initial_fit = False
         self._explore_at_last_fit = self._explore
         self._fit_started = time.monotonic()
@@ -726,6 +784,14 @@ class ModelUpdater(Node):
         self.diagnostics.counters['models_accepted'] = self.accepted
         self.diagnostics.set('model_version', version)
         equations = '; '.join(card.get('equations', []))
+        reward_model = card.get('reward_model')
+        if reward_model is not None:
+            fit = reward_model.get('fit_info', {})
+            equations += (
+                f'; learned {reward_model.get("equation")} (RMSE {_fmt(fit.get("rmse"))} on '
+                f'{fit.get("n_samples")} rewards of std {_fmt(fit.get("reward_std"))})'
+            )
+            self.diagnostics.set('reward_model_rmse', fit.get('rmse'))
         self.get_logger().info(
             f'model {version} published: held-out NRMSE {_fmt(error)}, '
             f'{card.get("n_nonzero")} terms, {card["transitions"]} transitions, fit '

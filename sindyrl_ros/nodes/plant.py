@@ -76,6 +76,8 @@ from sindyrl_ros.nodes.common import (
     declare_parameters,
     ns_to_stamp,
     run_node,
+    task_from_parameters,
+    vector_message,
 )
 
 PLANT_PARAMETERS = [
@@ -244,6 +246,10 @@ class PlantNode(Node):
         self._clock_publisher = self.create_publisher(ClockMsg, '/clock', 10)
         self._joint_publisher = self.create_publisher(JointState, 'joint_states', RELIABLE_QOS)
         self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+        # The reward the simulator measured for each step, stamped with the state the step
+        # started from: what a task with a learned reward is fitted on.
+        self._reward_publisher = self.create_publisher(JointState, 'sindyrl/reward', RELIABLE_QOS)
+        self._reward_message = vector_message(('reward',), (0.0,), ns_to_stamp(0))
         commands = self.create_subscription(
             Float64MultiArray, f'/{p.controller_name}/commands', self._on_command, RELIABLE_QOS
         )
@@ -273,15 +279,20 @@ class PlantNode(Node):
     # ------------------------------------------------------------------ configuration
 
     def _configure_task(self) -> None:
-        from sindyrl_ros.core.tasks import get_task  # gymnasium: only the plant needs it
+        from sindyrl_ros.core.tasks import TASKS  # gymnasium: only the plant needs it
 
         p = self.parameters
         if not p.task:
             raise configuration_error(self, 'task', 'the plant needs a task name')
-        try:
-            self.task = get_task(p.task)
-        except KeyError as error:
-            raise configuration_error(self, 'task', str(error.args[0])) from None
+        # A registered task, or one defined in the parameter file (env_id, reward, ...).
+        self.task = task_from_parameters(self, p)
+        registered = TASKS.get(p.task)
+        if registered is not None and not p.env_id and abs(self.task.dt - registered.dt) > 1e-9:
+            raise configuration_error(
+                self,
+                'control_period',
+                f'{self.task.dt} s differs from the simulator step {registered.dt} s',
+            )
         task = self.task
         self.observation_names = list(task.observation_names)
         self.action_names = list(task.action_names)
@@ -307,10 +318,6 @@ class PlantNode(Node):
         if np.any(self.action_low >= self.action_high):
             raise configuration_error(self, 'action_low', 'must be below action_high')
         self.dt = task.dt
-        if p.control_period and abs(p.control_period - task.dt) > 1e-9:
-            raise configuration_error(
-                self, 'control_period', f'{p.control_period} s differs from the task dt {task.dt}'
-            )
         self.episode_length = p.episode_length or task.episode_length
 
     def _compile_joint_mapping(self) -> None:
@@ -418,6 +425,9 @@ class PlantNode(Node):
     def _step(self, action: np.ndarray) -> None:
         """One env.step with an action inside the limits; marks the episode end if any."""
         observation, reward, terminated, truncated, _ = self.env.step(action.copy())
+        self._reward_message.header.stamp = ns_to_stamp(self._state_stamp_ns)
+        self._reward_message.position[0] = float(reward)
+        self._reward_publisher.publish(self._reward_message)
         self.real_steps += 1
         self.diagnostics.counters['steps'] = self.real_steps
         self._episode_return += float(reward)

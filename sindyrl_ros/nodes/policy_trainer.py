@@ -11,6 +11,10 @@ The policy goes out on ``/sindyrl/policy`` (latched, so a controller that starts
 still gets it) as the numpy policy document of :mod:`sindyrl_ros.core.policies`, with
 the source model version, its own version and its surrogate metrics in ``metadata``.
 Optionally a sparse polynomial policy is distilled from it, saved, and deployed instead.
+
+For a task whose reward is ``learned``, surrogate steps are scored by the reward model
+that comes with each model card (``reward_model``, validated on receipt); a card without
+one is refused and counted (``rejected.missing_reward_model``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from sindyrl_ros.core.reward import LEARNED_REWARD
 from sindyrl_ros.core.serialization import (
     FormatError,
     as_float_array,
@@ -43,11 +48,9 @@ from sindyrl_ros.nodes.common import (
     check_parameter_files,
     configuration_error,
     declare_parameters,
-    run_node,
-)
-from sindyrl_ros.nodes.model_updater import (
-    _json_safe,
     highest_version,
+    json_safe,
+    run_node,
     task_from_parameters,
 )
 
@@ -185,11 +188,37 @@ PARAMETERS = SHARED_PARAMETERS + POLICY_TRAINER_PARAMETERS
 class ModelJob:
     """A validated model card waiting to be trained on."""
 
-    def __init__(self, dynamics, start_observations: np.ndarray, card: dict) -> None:
+    def __init__(
+        self, dynamics, start_observations: np.ndarray, card: dict, reward_model=None
+    ) -> None:
         self.dynamics = dynamics
         self.start_observations = start_observations
+        self.reward_model = reward_model
         self.model_version = int(card.get('model_version', dynamics.model_version))
         self.received_at = time.monotonic()
+
+
+class MissingRewardModelError(FormatError):
+    """A model card for a task that learns its reward came without a reward model."""
+
+
+class LearnedReward:
+    """The surrogate reward of a task that learns it: the reward model of the current card.
+
+    The SAC learner keeps one reward function for its whole life; the model behind it
+    changes with every card, so the worker sets :attr:`model` before each training.
+    """
+
+    def __init__(self) -> None:
+        self.model = None
+
+    def __call__(
+        self, observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray
+    ) -> np.ndarray:
+        """Predicted rewards, shape (N,), of observations (N, n) and actions (N, m)."""
+        if self.model is None:
+            raise RuntimeError('no reward model yet: it comes with the model card')
+        return self.model(observations, actions, next_observations)
 
 
 class PolicyTrainer(Node):
@@ -203,6 +232,7 @@ class PolicyTrainer(Node):
         if p.deploy_policy == 'sparse' and not p.distill_sparse:
             raise configuration_error(self, 'deploy_policy', 'sparse needs distill_sparse:=true')
         self.task = task_from_parameters(self, p)
+        self.learned_reward = LearnedReward() if self.task.reward == LEARNED_REWARD else None
         self.policies_dir = Path(p.run_dir).expanduser() / 'policies'
         try:
             self.policies_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +312,7 @@ class PolicyTrainer(Node):
                 start_noise=p.start_noise,
                 sparse_degree=p.sparse_degree,
             )
-            return PolicyLearner(self.task, config, seed=p.seed)
+            return PolicyLearner(self.task, config, seed=p.seed, reward_fn=self.learned_reward)
         except (ValueError, RuntimeError) as error:
             raise configuration_error(self, 'device', f'cannot set up SAC: {error}') from None
 
@@ -313,11 +343,40 @@ class PolicyTrainer(Node):
         )
         if len(starts) == 0:
             raise FormatError(f'{where}.start_observations: no observations to start from')
-        return ModelJob(dynamics, starts, card)
+        reward_model = None
+        if self.learned_reward is not None:
+            reward_model = self._read_reward_model(card, where)
+        return ModelJob(dynamics, starts, card, reward_model)
+
+    def _read_reward_model(self, card: dict, where: str):
+        """The card's learned reward, checked against the task's names."""
+        from sindyrl_ros.core.reward import SparseRewardModel
+
+        if 'reward_model' not in card:
+            raise MissingRewardModelError(
+                f'{where}.reward_model: missing; task {self.task.name} learns its reward, so '
+                'each model card must carry one (the model updater fits it from the rewards '
+                'the plant reports on /sindyrl/reward)'
+            )
+        where = f'{where}.reward_model'
+        model = SparseRewardModel.from_dict(require(card, 'reward_model', dict, where), where)
+        for key, expected in (
+            ('observation_names', self.task.observation_names),
+            ('action_names', self.task.action_names),
+        ):
+            if list(getattr(model, key)) != list(expected):
+                raise FormatError(
+                    f'{where}.{key}: {getattr(model, key)} differs from task '
+                    f'{self.task.name}: {list(expected)}'
+                )
+        return model
 
     def _on_model(self, message: String) -> None:
         try:
             job = self._read_card(message.data)
+        except MissingRewardModelError as error:
+            self.diagnostics.reject('missing_reward_model', str(error), severity='error')
+            return
         except FormatError as error:
             self.diagnostics.reject('malformed_model', str(error))
             return
@@ -371,6 +430,8 @@ class PolicyTrainer(Node):
             )
             return self._stopping
 
+        if self.learned_reward is not None:
+            self.learned_reward.model = job.reward_model
         first = self.learner.models_trained == 0
         steps = p.surrogate_steps_first if first else p.surrogate_steps_per_model
         policy, metrics = self.learner.train(
@@ -384,6 +445,8 @@ class PolicyTrainer(Node):
             'nn_parameters': int(policy.n_parameters),
             **{k: v for k, v in metrics.items() if k != 'source_model_version'},
         }
+        if job.reward_model is not None:
+            metadata['reward_model'] = job.reward_model.equation()
         sparse = None
         if p.distill_sparse:
             sparse, sparse_metrics = self.learner.distill(
@@ -391,7 +454,7 @@ class PolicyTrainer(Node):
             )
             metadata.update(sparse_metrics)
         metadata['train_time_s'] = time.perf_counter() - started
-        metadata = _json_safe(metadata)
+        metadata = json_safe(metadata)
         policy.metadata.update(metadata)
         policy.metadata['kind_deployed'] = p.deploy_policy
         documents = {'policy': policy.to_dict()}

@@ -16,17 +16,28 @@ NAMES = ('cos_theta', 'sin_theta', 'theta_dot')
 
 def pendulum_episode(seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Observations (steps+1, 3) and random torques (steps, 1) of gymnasium Pendulum-v1."""
+    observations, actions, _ = rewarded_pendulum_episode(seed, steps)
+    return observations, actions
+
+
+def rewarded_pendulum_episode(seed: int, steps: int):
+    """Observations (steps+1, 3), random torques (steps, 1) and the env's rewards (steps,)."""
     env = gym.make('Pendulum-v1')
     observation, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
-    observations, actions = [observation], []
+    observations, actions, rewards = [observation], [], []
     for _ in range(steps):
         action = env.action_space.sample()
-        observation, *_ = env.step(action)
+        observation, reward, *_ = env.step(action)
         observations.append(observation)
         actions.append(action)
+        rewards.append(reward)
     env.close()
-    return np.asarray(observations, dtype=np.float64), np.asarray(actions, dtype=np.float64)
+    return (
+        np.asarray(observations, dtype=np.float64),
+        np.asarray(actions, dtype=np.float64),
+        np.asarray(rewards, dtype=np.float64),
+    )
 
 
 def episode_messages(start_ns, observations, actions, mode='explore'):
@@ -58,6 +69,7 @@ class UpdaterProbe(NodeStatusProbe):
             JointState, '/sindyrl/observation', TRANSITION_QOS
         )
         self.actions = self.node.create_publisher(JointState, '/sindyrl/action', TRANSITION_QOS)
+        self.rewards = self.node.create_publisher(JointState, '/sindyrl/reward', TRANSITION_QOS)
         self.cards = []
         self.node.create_subscription(
             String,
@@ -71,6 +83,7 @@ class UpdaterProbe(NodeStatusProbe):
             lambda: (
                 self.observations.get_subscription_count() > 0
                 and self.actions.get_subscription_count() > 0
+                and self.rewards.get_subscription_count() > 0
                 and self.node.count_publishers('/sindyrl/model') > 0
             ),
             timeout,
@@ -83,6 +96,8 @@ class UpdaterProbe(NodeStatusProbe):
         for index, (topic, stamp, values, mode) in enumerate(messages):
             if topic == 'observation':
                 self.observations.publish(vector_message(NAMES, values, ns_to_stamp(stamp)))
+            elif topic == 'reward':
+                self.rewards.publish(vector_message(('reward',), values, ns_to_stamp(stamp)))
             else:
                 message = vector_message(('torque',), values, ns_to_stamp(stamp), 'effort')
                 message.header.frame_id = mode
@@ -239,4 +254,69 @@ def test_starts_from_a_recorded_log(ros_context, start_process, tmp_path):
     assert probe.cards[-1]['transitions'] == 200
     assert (run_dir / 'models' / 'model_1.json').exists()
     assert updater.stop() == 0, updater.output()
+    probe.destroy()
+
+
+def test_learns_the_reward_the_plant_reports(ros_context, start_process, tmp_path):
+    """reward:=learned: rewards on /sindyrl/reward, paired by stamp, make a reward model."""
+    from sindyrl_ros.core.mcap_log import read_transition_log
+    from sindyrl_ros.core.reward import SparseRewardModel
+    from sindyrl_ros.core.tasks import get_task
+    from sindyrl_ros.nodes.model_updater import fit_reward_model
+
+    context, executor = ros_context
+    run_dir = tmp_path / 'run'
+    updater = start_updater(
+        start_process,
+        run_dir,
+        'reward:=learned',
+        'refit_every:=300',
+        'ensemble_models:=5',
+        'reward_library_degree:=3',
+    )
+    probe = UpdaterProbe(context, executor)
+    assert probe.connected(), updater.output()
+
+    first_obs, first_act, first_rew = rewarded_pendulum_episode(seed=5, steps=150)
+    second_obs, second_act, second_rew = rewarded_pendulum_episode(seed=6, steps=150)
+    second_start = 10**9 + 171 * DT_NS
+    messages = episode_messages(10**9, first_obs, first_act)
+    messages += episode_messages(second_start, second_obs, second_act)
+    # The plant stamps each reward with the observation its step started from. The last
+    # 50 rewards of the second episode are lost: those transitions still train the
+    # dynamics, but not the reward model.
+    messages += [('reward', 10**9 + k * DT_NS, [r], '') for k, r in enumerate(first_rew)]
+    messages += [
+        ('reward', second_start + k * DT_NS, [r], '') for k, r in enumerate(second_rew[:100])
+    ]
+    np.random.default_rng(2).shuffle(messages)
+    probe.send(messages)
+    assert probe.spin_until(lambda: probe.counter('rewards_recorded') >= 250, 30), updater.output()
+    assert probe.spin_until(lambda: probe.cards, timeout=60), updater.output()
+    card = probe.cards[-1]
+    assert card['transitions'] == 300
+    reward_model = SparseRewardModel.from_dict(card['reward_model'])
+    assert reward_model.fit_info['n_samples'] == 250
+    # Pendulum-v1 scores the state before the step: 'auto' found that out.
+    assert reward_model.observation == 'current'
+    # Paired by stamp: exactly the reward model of the 250 rewarded transitions.
+    expected = fit_reward_model(
+        get_task('pendulum'),
+        [
+            (first_obs, first_act, first_rew),
+            (second_obs[:101], second_act[:100], second_rew[:100]),
+        ],
+        {'degree': 3},
+    )
+    np.testing.assert_allclose(reward_model.coefficients, expected.coefficients, atol=1e-12)
+    # A cubic in (cos θ, sin θ, θ̇, u) for -(θ² + 0.1 θ̇² + 0.001 u²).
+    predicted = reward_model(first_obs[:-1], first_act, first_obs[1:])
+    error = np.sqrt(np.mean((predicted - first_rew) ** 2))
+    assert error < 0.2 * np.std(first_rew), (error, reward_model.equation())
+    assert 'learned r =' in updater.output()
+
+    assert updater.stop() == 0, updater.output()
+    log = read_transition_log(run_dir / 'recording.mcap')
+    assert len(log.rewards) == 250
+    assert json.loads((run_dir / 'models' / 'model_1.json').read_text()) == card
     probe.destroy()

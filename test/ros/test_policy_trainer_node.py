@@ -11,40 +11,45 @@ from ros_testing import NodeStatusProbe
 pytestmark = pytest.mark.ros
 
 
-def pendulum_model_card() -> dict:
-    """A real model card: E-SINDy fitted on random Pendulum-v1 steps, as the updater makes it."""
+def pendulum_model_card(reward: str = 'pendulum') -> dict:
+    """A real model card: E-SINDy fitted on random Pendulum-v1 steps, as the updater makes it.
+
+    With ``reward='learned'`` the card also carries the reward model fitted on the env's
+    rewards, as the updater sends it for a task that learns its reward.
+    """
     from sindyrl_ros.core.tasks import get_task
     from sindyrl_ros.nodes.model_updater import fit_model
 
-    trajectories = []
+    trajectories, rewarded = [], []
     for seed in range(2):
         env = gym.make('Pendulum-v1')
         observation, _ = env.reset(seed=seed)
         env.action_space.seed(seed)
-        observations, actions = [observation], []
+        observations, actions, rewards = [observation], [], []
         for _ in range(150):
             action = env.action_space.sample()
-            observation, *_ = env.step(action)
+            observation, real_reward, *_ = env.step(action)
             observations.append(observation)
             actions.append(action)
+            rewards.append(real_reward)
         env.close()
         observations = np.asarray(observations, dtype=np.float64)
-        trajectories.append(
-            (
-                observations,
-                np.asarray(actions, dtype=np.float64),
-                0.05 * np.arange(len(observations)),
-            )
-        )
+        actions = np.asarray(actions, dtype=np.float64)
+        trajectories.append((observations, actions, 0.05 * np.arange(len(observations))))
+        rewarded.append((observations, actions, np.asarray(rewards, dtype=np.float64)))
+    task = get_task('pendulum').to_dict()
+    task['reward'] = reward
     result = fit_model(
         {
-            'task': get_task('pendulum').to_dict(),
+            'task': task,
             'config': {
                 'library': {'degree': 3, 'control': 'affine'},
                 'ensemble': {'n_models': 10, 'seed': 0},
                 'validation_horizon': 50,
             },
             'trajectories': trajectories,
+            'reward_trajectories': rewarded,
+            'reward_config': {'degree': 3},
             'model_version': 1,
             'n_start_observations': 64,
             'seed': 0,
@@ -168,5 +173,77 @@ def test_trains_on_the_newest_model_and_refuses_a_malformed_card(
     sparse = load_policy(run_dir / 'policies' / 'sparse_2.json')
     assert sparse.to_dict() == latest.to_dict()
     assert 'policy 2 (sparse) published from model 3' in trainer.output()
+    assert trainer.stop() == 0, trainer.output()
+    probe.destroy()
+
+
+def test_learned_reward_comes_with_the_card(ros_context, start_process, tmp_path):
+    """reward:=learned: a card without a reward model is refused; with one, it is trained on."""
+    from sindyrl_ros.core.policies import policy_from_json
+    from sindyrl_ros.core.reward import SparseRewardModel
+
+    card = pendulum_model_card(reward='learned')
+    reward_model = SparseRewardModel.from_dict(card['reward_model'])
+    context, executor = ros_context
+    trainer = start_process(
+        [
+            sys.executable,
+            '-m',
+            'sindyrl_ros.nodes.policy_trainer',
+            '--ros-args',
+            '-p',
+            'task:=pendulum',
+            '-p',
+            'reward:=learned',
+            '-p',
+            f'run_dir:={tmp_path / "run"}',
+            '-p',
+            'diagnostics_period:=0.1',
+            '-p',
+            'surrogate_steps_first:=400',
+            '-p',
+            'surrogate_envs:=4',
+            '-p',
+            'sac_learning_starts:=100',
+            '-p',
+            'sac_batch_size:=32',
+            '-p',
+            'sac_hidden:=[16,16]',
+            '-p',
+            'progress_every:=50',
+            '-p',
+            'device:=cpu',
+            '-p',
+            'distill_sparse:=false',
+        ],
+        name='policy_trainer',
+    )
+    probe = TrainerProbe(context, executor)
+    assert probe.spin_until(
+        lambda: probe.models.get_subscription_count() > 0 and probe.status is not None, 30
+    ), trainer.output()
+
+    without = {key: value for key, value in card.items() if key != 'reward_model'}
+    probe.publish_card(without)
+    assert probe.spin_until(lambda: probe.counter('rejected.missing_reward_model') == 1, 30), (
+        trainer.output()
+    )
+    # A reward model for other observation names is refused too.
+    other = json.loads(json.dumps(card))
+    other['reward_model']['observation_names'] = ['c', 's', 'w']
+    probe.publish_card(other)
+    assert probe.spin_until(lambda: probe.counter('rejected.malformed_model') == 1, 30), (
+        trainer.output()
+    )
+    assert 'reward_model.observation_names' in trainer.output()
+
+    probe.publish_card(card)
+    assert probe.spin_until(lambda: probe.policies, 120), trainer.output()
+    policy = policy_from_json(
+        probe.policies[-1], expected_observation_names=card['observation_names']
+    )
+    assert policy.metadata['reward_model'] == reward_model.equation()
+    assert np.isfinite(policy.metadata['surrogate_return'])
+    assert probe.counter('training_failures') == 0
     assert trainer.stop() == 0, trainer.output()
     probe.destroy()

@@ -13,6 +13,7 @@ from sindyrl_ros.core.mcap_log import (
     ACTION_TOPIC,
     JOINT_STATE_TYPE,
     OBSERVATION_TOPIC,
+    REWARD_TOPIC,
     LogFormatError,
     TransitionAssembler,
     TransitionLogWriter,
@@ -212,6 +213,44 @@ def test_assemble_log_gives_the_recorded_trajectories(tmp_path):
     assert len(trajectories) == 1
     np.testing.assert_array_equal(trajectories[0].observations, observations)
     np.testing.assert_array_equal(trajectories[0].actions, actions)
+
+
+def test_rewards_pair_by_stamp_and_survive_the_recording(tmp_path):
+    """The plant's rewards join the transition of their stamp, in any order, and are kept."""
+    observations, actions = pendulum_episode(seed=9, steps=20)
+    rewards = -np.arange(20, dtype=np.float64) / 7.0
+    path = tmp_path / 'rewards.mcap'
+    order = np.random.default_rng(1).permutation(20)
+    with TransitionLogWriter(path) as writer:
+        write_episode(writer, 0, observations, actions)
+        for k in order:
+            if k != 12:  # one reward lost on the way
+                writer.write_reward(int(k) * DT_NS, rewards[k])
+        assert writer.rewards_written == 19
+    log = read_transition_log(path)
+    assert len(log.rewards) == 19 and all(r.names == ('reward',) for r in log.rewards)
+    assembler = assemble_log(log, DT)
+    assert assembler.n_rewards == 19
+    assert assembler.rewarded_counts() == {'explore': 19}
+    # Rewards never decide what a transition is: the dynamics still get all 20 steps.
+    (everything,) = assembler.trajectories()
+    assert everything.n_steps == 20 and everything.rewards is None
+    # For a reward model: only rewarded transitions, cut where a reward is missing.
+    rewarded = assembler.trajectories(rewards=True)
+    assert [t.n_steps for t in rewarded] == [12, 7]
+    np.testing.assert_array_equal(rewarded[0].rewards, rewards[:12])
+    np.testing.assert_array_equal(rewarded[1].rewards, rewards[13:])
+    np.testing.assert_array_equal(rewarded[1].observations, observations[13:])
+    # A repeated stamp keeps the first reward; a non-finite one is refused.
+    assert not assembler.add_reward(0, 5.0) and assembler.duplicates == 1
+    assert not assembler.add_reward(12 * DT_NS, float('nan'))
+    assert assembler.add_reward(12 * DT_NS, rewards[12])
+    (whole,) = assembler.trajectories(rewards=True)
+    np.testing.assert_array_equal(whole.rewards, rewards)
+    # The file is a standard ROS 2 recording with the reward on its own topic.
+    with open(path, 'rb') as stream:
+        topics = {channel.topic for channel in make_reader(stream).get_summary().channels.values()}
+    assert topics == {OBSERVATION_TOPIC, ACTION_TOPIC, REWARD_TOPIC}
 
 
 def test_needs_no_rclpy():

@@ -1,0 +1,339 @@
+"""A robot task from the shared ROS parameters: a new task is a configuration file, not code.
+
+Every node reads the ``/**`` section of the task's parameter file. Without ``env_id`` it
+names a registered task (:data:`sindyrl_ros.core.tasks.TASKS`) and may only narrow it
+(tighter action limits, another control period, its own reward, threshold, episode
+length or divergence bounds). With ``env_id`` the section defines a new task around any
+gymnasium environment: its observation and action names, limits, (cos, sin) angle pairs,
+divergence bounds, episode length, success threshold and reward.
+
+The reward is one of
+
+* a name in :data:`sindyrl_ros.core.reward.REWARDS`;
+* an expression of observation and action names, e.g.
+  ``'100 * ((position >= 0.45) & (velocity >= 0)) - 0.1 * force**2'``, parsed by
+  :func:`sindyrl_ros.core.reward.expression_reward` against a whitelist (never ``eval``);
+  observation names refer to the observation after the step;
+* ``'learned'``: the plant reports its reward on ``/sindyrl/reward``, the model updater
+  fits a :class:`sindyrl_ros.core.reward.SparseRewardModel` with every model and the
+  policy trainer trains on it.
+
+This module does the translation without ROS, so that the nodes and the tests build a
+task from a parameter file in exactly the same way; a problem is a
+:class:`TaskParameterError` naming the parameter, which the nodes turn into a start-up
+error naming the parameter and the file that set it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+import re
+from typing import Any
+
+import numpy as np
+
+from sindyrl_ros.core.reward import LEARNED_REWARD, REWARDS
+from sindyrl_ros.core.serialization import FormatError
+from sindyrl_ros.core.tasks import TASKS, TaskSpec
+
+__all__ = [
+    'TASK_PARAMETERS',
+    'TaskParameterError',
+    'check_reward',
+    'task_from_parameters',
+]
+
+# The shared parameters that define a task (plus use_sim_time, which is rclpy's).
+TASK_PARAMETERS = (
+    'task',
+    'env_id',
+    'observation_names',
+    'action_names',
+    'action_low',
+    'action_high',
+    'control_period',
+    'reward',
+    'threshold',
+    'episode_length',
+    'angle_pairs',
+    'observation_low',
+    'observation_high',
+)
+# TaskSpec field -> the parameter that sets it, for error messages.
+_FIELD_PARAMETER = {'name': 'task', 'dt': 'control_period'}
+
+
+class TaskParameterError(ValueError):
+    """A shared task parameter is missing, malformed or does not fit the task.
+
+    Attributes
+    ----------
+    parameter : str
+        The parameter to fix (e.g. ``'observation_low'``).
+    problem : str
+        What is wrong with it.
+    """
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f'{parameter}: {problem}')
+        self.parameter = parameter
+        self.problem = problem
+
+
+def _given(values: Mapping[str, Any], key: str) -> bool:
+    """Whether a value is set: not missing, not empty, not zero."""
+    value = values.get(key)
+    if value is None:
+        return False
+    if isinstance(value, (list, tuple, np.ndarray, str)):
+        return len(value) > 0
+    return bool(value)
+
+
+def _names(values: Mapping[str, Any], key: str) -> list[str]:
+    names = values.get(key)
+    names = [] if names is None else names
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise TaskParameterError(key, f'expected a list of names, got {names!r}')
+    return list(names)
+
+
+def _numbers(values: Mapping[str, Any], key: str, length: int | None = None) -> list[float]:
+    """A list of finite numbers (empty when not given), checked against ``length``."""
+    numbers = values.get(key)
+    numbers = [] if numbers is None else numbers
+    if isinstance(numbers, (str, bytes)) or not isinstance(numbers, (list, tuple, np.ndarray)):
+        raise TaskParameterError(key, f'expected a list of numbers, got {numbers!r}')
+    result = []
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, (int, float, np.number)):
+            raise TaskParameterError(key, f'expected a list of numbers, got {list(numbers)!r}')
+        if not np.isfinite(number):
+            raise TaskParameterError(key, f'{number!r} is not a finite number')
+        result.append(float(number))
+    if result and length is not None and len(result) != length:
+        raise TaskParameterError(key, f'expected {length} values, got {len(result)}')
+    return result
+
+
+def _angle_pairs(values: Mapping[str, Any], n: int) -> list[list[int]] | None:
+    """``[cos0, sin0, cos1, sin1, ...]`` as index pairs; None when not given."""
+    flat = values.get('angle_pairs')
+    if flat is None or len(flat) == 0:
+        return None
+    if isinstance(flat, (str, bytes)) or not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in flat
+    ):
+        raise TaskParameterError('angle_pairs', f'expected a list of integers, got {flat!r}')
+    if len(flat) % 2:
+        raise TaskParameterError(
+            'angle_pairs',
+            f'{list(flat)} has an odd length: give the observation indices of each angle '
+            'as a cos, sin pair (flattened: [cos0, sin0, cos1, sin1, ...])',
+        )
+    return [[int(flat[k]), int(flat[k + 1])] for k in range(0, len(flat), 2)]
+
+
+def _check_env_id(env_id: str) -> None:
+    """Refuse an id gymnasium does not know (typos stop every node, not only the plant).
+
+    ``module:Env-v0`` ids import ``module`` when the plant makes the environment; they are
+    not imported here.
+    """
+    import gymnasium
+
+    if ':' in env_id:
+        return
+    if env_id.startswith('sindyrl_ros/'):
+        from sindyrl_ros.core import envs
+
+        envs.register_envs()
+    try:
+        gymnasium.spec(env_id)
+    except gymnasium.error.Error as error:
+        raise TaskParameterError('env_id', str(error)) from None
+
+
+def check_reward(task: TaskSpec) -> None:
+    """Refuse a reward that is not a known name, a valid expression or ``'learned'``.
+
+    A named reward or an expression is also evaluated once on a batch of observations
+    and actions in the middle of the task's bounds, so that a reward written for other
+    observations (too few features) fails at start-up, not in the middle of training.
+
+    Raises
+    ------
+    TaskParameterError
+        For parameter ``reward``.
+    """
+    if task.reward == LEARNED_REWARD:
+        return
+    try:
+        reward = task.reward_function()
+    except ValueError as error:
+        raise TaskParameterError(
+            'reward',
+            f'{task.reward!r} is not a reward: {error} (a reward is a name in '
+            f'{sorted(REWARDS)}, an expression of the observation and action names, or '
+            f'{LEARNED_REWARD!r})',
+        ) from None
+    observations = np.tile(0.5 * (task.observation_low + task.observation_high), (2, 1))
+    actions = np.tile(0.5 * (task.action_low + task.action_high), (2, 1))
+    try:
+        scores = np.asarray(reward(observations, actions, observations.copy()))
+    except Exception as error:  # a named reward indexing features this task lacks
+        raise TaskParameterError(
+            'reward',
+            f'{task.reward!r} cannot score observations {list(task.observation_names)} and '
+            f'actions {list(task.action_names)}: {type(error).__name__}: {error}',
+        ) from None
+    if scores.shape != (2,):
+        raise TaskParameterError(
+            'reward', f'{task.reward!r} gives shape {scores.shape} for 2 transitions, not (2,)'
+        )
+
+
+def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> dict:
+    """The registered task, narrowed by the parameters that were given."""
+    name = values.get('task') or ''
+    if name not in TASKS:
+        raise TaskParameterError(
+            'task',
+            f'unknown task {name!r}; registered tasks: {sorted(TASKS)}. To define a new '
+            'task, set env_id (and its names, limits, reward, ...) in the same section',
+        )
+    task = TASKS[name]
+    document = task.to_dict()
+    for key in ('observation_names', 'action_names'):
+        names = _names(values, key)
+        if names and names != list(document[key]):
+            raise TaskParameterError(
+                key,
+                f'{names} differs from task {name}: {document[key]} (set env_id to define '
+                'a new task)',
+            )
+    n, m = task.observation_dim, task.action_dim
+    # Limits may only be tighter than the task's (a safety margin on a real robot).
+    for key, tighter in (('action_low', np.maximum), ('action_high', np.minimum)):
+        limits = _numbers(values, key, m)
+        if limits:
+            document[key] = tighter(np.asarray(document[key]), limits).tolist()
+    for key in ('observation_low', 'observation_high'):
+        bounds = _numbers(values, key, n)
+        if bounds:
+            document[key] = bounds
+    pairs = _angle_pairs(values, n)
+    if pairs is not None and pairs != document['angle_pairs']:
+        raise TaskParameterError(
+            'angle_pairs',
+            f'{pairs} differs from task {name}: {document["angle_pairs"]} (set env_id to '
+            'define a new task)',
+        )
+    if _given(values, 'reward'):
+        document['reward'] = values['reward']
+    if 'threshold' in given:
+        document['threshold'] = values['threshold']
+    if _given(values, 'episode_length'):
+        document['episode_length'] = values['episode_length']
+    if _given(values, 'control_period'):
+        document['dt'] = float(values['control_period'])
+    return document
+
+
+def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict:
+    """A new task around ``env_id``: every part of it must be given."""
+    name = values.get('task') or ''
+    env_id = values['env_id']
+    if not isinstance(env_id, str):
+        raise TaskParameterError('env_id', f'expected a gymnasium id, got {env_id!r}')
+    if name in TASKS:
+        raise TaskParameterError(
+            'task',
+            f'{name!r} is a registered task: give the task env_id defines a name of its '
+            'own, or leave env_id empty to use the registered one',
+        )
+    observation_names = _names(values, 'observation_names')
+    action_names = _names(values, 'action_names')
+    n, m = len(observation_names), len(action_names)
+    missing = []
+    for key, ok in (
+        ('observation_names', n > 0),
+        ('action_names', m > 0),
+        ('action_low', _given(values, 'action_low')),
+        ('action_high', _given(values, 'action_high')),
+        ('control_period', _given(values, 'control_period')),
+        ('reward', _given(values, 'reward')),
+        ('threshold', 'threshold' in given),
+        ('episode_length', _given(values, 'episode_length')),
+        ('observation_low', _given(values, 'observation_low')),
+        ('observation_high', _given(values, 'observation_high')),
+    ):
+        if not ok:
+            missing.append(key)
+    if missing:
+        raise TaskParameterError(
+            missing[0],
+            f'a task defined by env_id ({env_id}) needs {", ".join(missing)} as well',
+        )
+    _check_env_id(env_id)
+    pairs = _angle_pairs(values, n)
+    return {
+        'name': name,
+        'env_id': env_id,
+        'observation_names': observation_names,
+        'action_names': action_names,
+        'action_low': _numbers(values, 'action_low', m),
+        'action_high': _numbers(values, 'action_high', m),
+        'angle_pairs': pairs or [],
+        'reward': values['reward'],
+        'threshold': values['threshold'],
+        'episode_length': values['episode_length'],
+        'dt': float(values['control_period']),
+        'observation_low': _numbers(values, 'observation_low', n),
+        'observation_high': _numbers(values, 'observation_high', n),
+    }
+
+
+def task_from_parameters(
+    values: Mapping[str, Any], given: Collection[str] | None = None
+) -> TaskSpec:
+    """The task the shared parameters describe (see the module docstring).
+
+    Parameters
+    ----------
+    values : mapping
+        Shared parameter values by name (a node's declared values, or the ``/**``
+        ``ros__parameters`` of a parameter file); missing keys count as not given.
+    given : collection of str, optional
+        Parameters that were set explicitly (params file or ``-p``); needed for
+        ``threshold``, whose every value is meaningful. Default: every key of ``values``.
+
+    Returns
+    -------
+    TaskSpec
+
+    Raises
+    ------
+    TaskParameterError
+        Naming the parameter that is missing, malformed or inconsistent.
+    """
+    given = set(values) if given is None else set(given)
+    if not _given(values, 'task'):
+        raise TaskParameterError(
+            'task',
+            f'name the task: a registered one ({", ".join(sorted(TASKS))}) or the name of '
+            'the task env_id defines',
+        )
+    if _given(values, 'env_id'):
+        document = _defined_document(values, given)
+    else:
+        document = _registered_document(values, given)
+    try:
+        task = TaskSpec.from_dict(document, where='task')
+    except FormatError as error:
+        # 'task 'name'.observation_low: ...' -> the parameter observation_low
+        match = re.search(r"task(?: '[^']*')?\.(\w+)", str(error))
+        field = match.group(1) if match else 'task'
+        raise TaskParameterError(_FIELD_PARAMETER.get(field, field), str(error)) from None
+    check_reward(task)
+    return task
