@@ -46,8 +46,10 @@ class NodeSpec:
         arguments = ['--ros-args', '-r', f'__node:={self.name}']
         for path in self.parameter_files:
             arguments += ['--params-file', str(path)]
+        # Addressed to this node: rcl lets a node's own section of a params file beat a plain
+        # `-p key:=value`, but not a node-addressed one given after the file.
         for key, value in self.parameters.items():
-            arguments += ['-p', f'{key}:={format_parameter(value)}']
+            arguments += ['-p', f'{self.name}:{key}:={format_parameter(value)}']
         for source, target in self.remappings:
             arguments += ['-r', f'{source}:={target}']
         return arguments

@@ -16,6 +16,9 @@ def ros_nodes(specs):
             package=PACKAGE,
             executable=spec.executable,
             name=spec.name,
+            # With name and namespace given, launch_ros writes the overrides dict under the
+            # node's own name (not /**), so it wins over the task file's node section.
+            namespace='',
             parameters=[*map(str, spec.parameter_files), spec.parameters],
             remappings=list(spec.remappings),
             output='screen',
