@@ -17,6 +17,7 @@ setup(
         (share, ['package.xml']),
         (os.path.join(share, 'launch'), glob('launch/*.launch.py')),
         (os.path.join(share, 'config'), glob('config/*.yaml')),
+        (os.path.join(share, 'description'), glob('description/*')),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

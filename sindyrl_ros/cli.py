@@ -64,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         '--duration', type=float, default=None, help='stop after this many seconds'
     )
+    export = commands.add_parser(
+        'export', help='write a sparse polynomial policy as a C header or a Python function',
+        description='Turn a saved sparse polynomial policy into dependency-free source code: '
+        'a C99 header (static inline function, for a microcontroller) or a Python function. '
+        'Only sparse polynomial policies export; an MLP policy is refused.',
+    )
+    export.add_argument('--policy', type=Path, required=True, help='saved policy JSON file')
+    export.add_argument(
+        '--format', required=True, choices=('c', 'python'), help='source language to write'
+    )
+    export.add_argument(
+        '--output', type=Path, default=None, help='file to write (default: standard output)'
+    )
+    export.add_argument(
+        '--name', default='sindyrl_policy',
+        help='name of the generated function (default: %(default)s)',
+    )
     commands.add_parser(
         'rig-emulator', add_help=False,
         help='a simulated rig behind the serial protocol, on a pty (see rig-emulator --help)',
@@ -344,6 +361,38 @@ def deploy(arguments) -> int:
     return 0
 
 
+def export(arguments) -> int:
+    from sindyrl_ros.core.export import export_c, export_python
+    from sindyrl_ros.core.policies import SparsePolynomialPolicy, load_policy
+    from sindyrl_ros.core.serialization import FormatError
+
+    try:
+        policy = load_policy(arguments.policy)
+    except (FormatError, OSError) as error:
+        raise SystemExit(f'sindyrl-ros export: {error}') from error
+    if not isinstance(policy, SparsePolynomialPolicy):
+        raise SystemExit(
+            f'sindyrl-ros export: {arguments.policy} holds a policy of kind {policy.kind!r}; only '
+            'sparse polynomial policies export (the policy trainer distils one when its '
+            'distill_sparse parameter is true)'
+        )
+    writer = export_c if arguments.format == 'c' else export_python
+    try:
+        text = writer(policy, arguments.name)
+    except ValueError as error:
+        raise SystemExit(f'sindyrl-ros export: {error}') from error
+    if arguments.output is None:
+        sys.stdout.write(text)
+    else:
+        arguments.output.write_text(text)
+        print(
+            f'sindyrl-ros export: {arguments.output}: {arguments.name}() with '
+            f'{policy.n_nonzero} coefficients from {arguments.policy}',
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['rig-emulator']:
@@ -355,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return train(arguments)
     if arguments.command == 'deploy':
         return deploy(arguments)
+    if arguments.command == 'export':
+        return export(arguments)
     return 2
 
 
