@@ -19,6 +19,7 @@ import sys
 import time
 
 from sindyrl_ros import graph
+from sindyrl_ros.run_plots import plot_learning_curve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +219,12 @@ def _describe(event: dict) -> str | None:
         held = event.get('held_s')
         held = f' after {held:.1f} s' if isinstance(held, (int, float)) else ''
         return f'{steps} | plant resumed{held} ({event.get("reason", "")})'
-    if kind in ('start', 'finish', 'mode'):
+    if kind == 'mode':
+        return f'{steps} | controller mode {event.get("mode")}'
+    if kind == 'finish':
+        reached = 'target reached' if event.get('reached') else 'target not reached'
+        return f'{steps} | finished ({event.get("reason")}): {reached}'
+    if kind == 'start':
         details = ', '.join(
             f'{key} {value}'
             for key, value in event.items()
@@ -300,6 +306,9 @@ def train(arguments) -> int:
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         print(_summary_text(summary, run_dir, wall_time))
+        plot = plot_learning_curve(run_dir, summary.get('threshold'))
+        if plot:
+            print(f'  learning curve: {plot}')
         if outcome == 0 and not summary.get('reached', False):
             outcome = 3
     elif outcome == 0:
@@ -308,12 +317,16 @@ def train(arguments) -> int:
     return outcome
 
 
+def _number(value) -> str:
+    return f'{value:.1f}' if isinstance(value, (int, float)) else str(value)
+
+
 def _summary_text(summary: dict, run_dir: Path, wall_time: float) -> str:
     reached = 'reached' if summary.get('reached') else 'did NOT reach'
     lines = [
         '',
-        f'Run {reached} the target: mean eval return {summary.get("eval_return_mean")} '
-        f'(threshold {summary.get("threshold")})',
+        f'Run {reached} the target: mean eval return {_number(summary.get("eval_return_mean"))}'
+        f' (threshold {_number(summary.get("threshold"))})',
         f'  real training steps: {summary.get("real_steps")}'
         f' (+ {summary.get("eval_steps", 0)} evaluation steps)',
         f'  policy: {summary.get("nn_parameters")} network parameters; sparse policy '
