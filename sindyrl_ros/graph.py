@@ -144,6 +144,10 @@ def training_graph(
     # Lockstep needs the controller to answer each observation; on a wall clock or a Gazebo
     # clock it runs at its fixed control rate.
     controller = dict(sim_time, trigger='observation' if backend == 'sim' else 'timer')
+    if backend == 'sim':
+        # Soft start protects hardware from a jump at a policy swap; in simulation it would
+        # only blur the first steps of each evaluation.
+        controller['soft_start_time'] = 0.0
     files = (task_file,)
     nodes = []
     if backend == 'sim':

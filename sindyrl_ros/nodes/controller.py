@@ -18,12 +18,30 @@ second), checked finite, then published on ``/<controller_name>/commands`` (tagg
 the answered observation's stamp, see ``common.command_message``) and on
 ``/sindyrl/action`` (stamp = the observation's stamp, frame_id = explore|evaluate|safe).
 
-Safety: the watchdog sends ``safe_command`` when no observation arrived for
-``observation_timeout`` (armed by the first observation); ``/sindyrl/estop`` true latches
-the safe command until false; the safe command is sent on shutdown. A policy from
-``/sindyrl/policy`` replaces the current one only after a sanity check (format, names,
-finite outputs within the limits on the recent observations); a bad one is refused and
-the old one stays.
+Safety:
+
+* limits: every command is clipped to ``[action_low, action_high]`` and changes by at most
+  ``rate_limit * control_period`` per tick (the safe command excepted: stopping beats
+  smoothness); a non-finite or out-of-limit command is never published.
+* watchdog: the safe command when no observation arrived for ``observation_timeout``
+  (armed by the first observation). A silent sensor and a silent serial link are the same
+  case here: the serial bridge publishes /joint_states only from frames the rig sent, so a
+  lost link means no joint states, no observations, and the watchdog.
+* e-stop: ``true`` on ``/sindyrl/estop`` latches the safe command; only an explicit
+  ``false`` releases it (a repeated ``true``, a publisher that goes away or restarts, or
+  more observations do not).
+* ``~/activate`` (std_srvs/SetBool): ``false`` deactivates the controller, which then sends
+  the safe command at once and on every tick until ``true`` (ros2_control's deactivate).
+* the safe command is sent on shutdown (SIGINT / SIGTERM, see ``common.run_node``).
+* soft start: a policy swapped in is blended in from the last command sent,
+  ``(1 - w) * previous + w * policy`` with ``w`` rising linearly from 0 at its first tick
+  to 1 after ``soft_start_time`` seconds of the loop's clock (observation stamps under the
+  observation trigger), then clipped and rate-limited as usual. A blend interrupted by
+  the safe command starts again from the safe command.
+
+A policy from ``/sindyrl/policy`` replaces the current one only after a sanity check
+(format, names, finite outputs within the limits on the recent observations); a bad one is
+refused and the old one stays.
 
 This process never imports torch: policies are ``sindyrl_ros.core.policies`` numpy objects.
 """
@@ -114,6 +132,13 @@ CONTROLLER_PARAMETERS = [
         0.0,
         'Maximum action change per second (action units / s); 0 = no limit',
         range=(0.0, 1e12),
+    ),
+    ParamSpec(
+        'soft_start_time',
+        0.5,
+        'Seconds over which a newly swapped-in policy is blended in from the previous '
+        'command (on the loop clock: observation stamps, ROS or steady time); 0 = jump',
+        range=(0.0, 60.0),
     ),
     ParamSpec(
         'observation_timeout',
@@ -212,6 +237,11 @@ class ControllerNode(Node):
         self._noise = np.zeros(m)
         self._lower_step = np.zeros(m)
         self._upper_step = np.zeros(m)
+        # Soft start: the command the current blend starts from, and when it started.
+        self._blend_from = np.zeros(m)
+        self._blend_start_ns = 0
+        self._blend_pending = False  # a swapped-in policy has not driven a tick yet
+        self._blending = False
         self._recent = np.zeros((p.sanity_check_observations, n))
         self._recent_count = 0
         self._recent_next = 0
@@ -221,6 +251,7 @@ class ControllerNode(Node):
         self._policy: NumpyPolicy | None = None
         self._mode = p.mode
         self._estop = False
+        self._active = True
         self._watchdog_active = False
         self._command = Float64MultiArray()
         self._action_message = JointState(name=list(self.action_names))
@@ -234,6 +265,7 @@ class ControllerNode(Node):
             'policy_swaps',
             'repeated_observations',
             'nonfinite_actions',
+            'soft_starts',
         ):
             self.diagnostics.counters[key] = 0
         self.diagnostics.set('trigger', p.trigger)
@@ -248,6 +280,7 @@ class ControllerNode(Node):
         self.create_subscription(String, 'sindyrl/policy', self._on_policy, LATCHED_QOS)
         self.create_subscription(Bool, 'sindyrl/estop', self._on_estop, LATCHED_QOS)
         self.create_service(SetBool, '~/set_mode', self._on_set_mode)
+        self.create_service(SetBool, '~/activate', self._on_activate)
 
         if p.policy_file:
             try:
@@ -325,6 +358,7 @@ class ControllerNode(Node):
         d = self.diagnostics
         d.set('mode', self._mode)
         d.set('estop', self._estop)
+        d.set('active', self._active)
         d.set('watchdog_active', self._watchdog_active)
         d.set('policy', self._policy.kind if self._policy else 'none')
         d.set('policy_parameters', self._policy.n_parameters if self._policy else 0)
@@ -338,6 +372,10 @@ class ControllerNode(Node):
             d.warnings['watchdog'] = 'no fresh observation: safe command'
         else:
             d.warnings.pop('watchdog', None)
+        if self._active:
+            d.warnings.pop('deactivated', None)
+        else:
+            d.warnings['deactivated'] = 'deactivated: safe command'
 
     # ------------------------------------------------------------------ inputs
 
@@ -371,15 +409,39 @@ class ControllerNode(Node):
             self._control(stamp_ns)
 
     def _on_estop(self, message: Bool) -> None:
-        if message.data and not self._estop:
-            self._estop = True
-            self.get_logger().error('e-stop latched: sending the safe command until released')
-            self._report_state()
+        """Latch on ``true``; release on an explicit ``false`` only.
+
+        A repeated ``true`` keeps the latch (and sends the safe command again); silence (a
+        publisher that stopped, or restarted without publishing) never releases: only a
+        ``false`` message can.
+        """
+        if message.data:
+            if not self._estop:
+                self._estop = True
+                self.get_logger().error('e-stop latched: sending the safe command until released')
+                self._report_state()
             self._publish_safe()
-        elif not message.data and self._estop:
+        elif self._estop:
             self._estop = False
             self.get_logger().warning('e-stop released')
             self._report_state()
+
+    def _on_activate(self, request: SetBool.Request, response: SetBool.Response):
+        """``false``: deactivate (safe command now and every tick); ``true``: control again."""
+        if request.data != self._active:
+            self._active = bool(request.data)
+            if self._active:
+                self.get_logger().info('activated: the policy drives again')
+            else:
+                self.get_logger().warning('deactivated: sending the safe command')
+            self._report_state()
+        if not self._active:
+            self._publish_safe()
+        response.success = True
+        response.message = 'active' if self._active else 'deactivated: safe command'
+        if self._active and self._estop:
+            response.message += ' (e-stop latched: safe command until released)'
+        return response
 
     def _on_set_mode(self, request: SetBool.Request, response: SetBool.Response):
         mode = 'explore' if request.data else 'evaluate'
@@ -439,6 +501,9 @@ class ControllerNode(Node):
 
     def _swap_in(self, policy: NumpyPolicy, source: str) -> None:
         self._policy = policy  # one reference assignment: the next tick uses the new policy
+        # Soft start from whatever the actuators get when it first drives a tick.
+        self._blend_pending = self.parameters.soft_start_time > 0.0
+        self._blending = False
         self.diagnostics.increment('policy_swaps')
         self.diagnostics.set('policy_source', source)
         self.diagnostics.set(
@@ -470,7 +535,12 @@ class ControllerNode(Node):
 
     def _on_timer(self) -> None:
         started = time.perf_counter_ns()
-        if self._observation_stamp_ns is None or not self._fresh() or self._estop:
+        if (
+            self._observation_stamp_ns is None
+            or not self._fresh()
+            or self._estop
+            or not self._active
+        ):
             self._publish_safe()
         else:
             self._control(self._observation_stamp_ns)
@@ -483,7 +553,7 @@ class ControllerNode(Node):
 
     def _control(self, stamp_ns: int) -> None:
         """Compute, limit and publish the action answering the observation stamped ``stamp_ns``."""
-        if self._estop:
+        if self._estop or not self._active:
             self._publish_safe(stamp_ns)
             return
         if self._watchdog_active:
@@ -504,6 +574,8 @@ class ControllerNode(Node):
                 np.multiply(noise, self._action_range, out=noise)
                 np.multiply(noise, p.exploration_noise, out=noise)
                 np.add(action, noise, out=action)
+            if self._blend_pending or self._blending:
+                self._soft_start(action, stamp_ns)
         np.clip(action, self.action_low, self.action_high, out=action)
         if p.rate_limit > 0.0:
             max_step = p.rate_limit * self.control_period
@@ -516,9 +588,42 @@ class ControllerNode(Node):
             return
         self._publish(action, stamp_ns, self._mode)
 
+    def _loop_time_ns(self, stamp_ns: int) -> int:
+        """Now on the loop's clock: the observation's stamp, the ROS clock or steady time."""
+        p = self.parameters
+        if p.trigger == 'observation':
+            return stamp_ns
+        if p.clock == 'steady':
+            return time.monotonic_ns()
+        return self.get_clock().now().nanoseconds
+
+    def _soft_start(self, action: np.ndarray, stamp_ns: int) -> None:
+        """Blend ``action`` (in place) from the command the blend started from."""
+        now_ns = self._loop_time_ns(stamp_ns)
+        if self._blend_pending:
+            np.copyto(self._blend_from, self._previous_action)
+            self._blend_start_ns = now_ns
+            self._blend_pending = False
+            self._blending = True
+            self.diagnostics.increment('soft_starts')
+        elif now_ns < self._blend_start_ns:  # the clock went back (sim reset): start over
+            self._blend_start_ns = now_ns
+        duration = self.parameters.soft_start_time
+        weight = (now_ns - self._blend_start_ns) * 1e-9 / duration if duration > 0.0 else 1.0
+        if weight >= 1.0:
+            self._blending = False
+            return
+        # action = blend_from + weight * (action - blend_from)
+        np.subtract(action, self._blend_from, out=action)
+        np.multiply(action, weight, out=action)
+        np.add(action, self._blend_from, out=action)
+
     def _publish_safe(self, stamp_ns: int | None = None) -> None:
         if stamp_ns is None:
             stamp_ns = self._observation_stamp_ns
+        if self._blending:  # the policy will take over from the safe command again
+            self._blending = False
+            self._blend_pending = True
         self.diagnostics.increment('safe_commands')
         self._publish(self.safe_command, stamp_ns, 'safe')
 

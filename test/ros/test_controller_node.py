@@ -105,6 +105,7 @@ def test_controller_explores_swaps_policies_and_stays_safe(ros_context, start_pr
                 'exploration_noise': 0.2,
                 'diagnostics_period': 0.2,
                 'sanity_check_observations': 50,
+                'soft_start_time': 0.0,  # follow a new policy at once (soft start: safety tests)
             },
         },
     )
