@@ -29,6 +29,7 @@ from sindyrl_ros.core.policies import (
     NumpyPolicy,
     SparsePolynomialPolicy,
     distill_sparse_policy,
+    polynomial_powers,
 )
 from sindyrl_ros.core.sac import SACConfig, SACTrainer
 from sindyrl_ros.core.surrogate import SurrogateVecEnv
@@ -59,7 +60,8 @@ class DynaConfig:
     n_start_observations : int
         Recorded observations kept for starting surrogate episodes.
     sparse_degree : int
-        Degree of the distilled sparse polynomial policy.
+        Lowest top degree tried when distilling the sparse policy; higher ones are searched
+        up to the coefficient budget (network parameters / 50).
     initial_steps, steps_per_iteration : int
         Real steps with random actions first, then with the policy per Dyna iteration.
     exploration_noise : float
@@ -200,9 +202,12 @@ class PolicyLearner:
     task : TaskSpec
     config : DynaConfig
     seed : int
+    reward_fn : callable, optional
+        Surrogate reward ``fn(observations, actions, next_observations) -> (N,)``;
+        default: the task's. A task with a learned reward passes the reward model here.
     """
 
-    def __init__(self, task, config: DynaConfig, seed: int = 0) -> None:
+    def __init__(self, task, config: DynaConfig, seed: int = 0, reward_fn=None) -> None:
         self.task = task
         self.config = config
         self.seed = int(seed)
@@ -216,7 +221,7 @@ class PolicyLearner:
             observation_low=task.observation_low,
             observation_high=task.observation_high,
         )
-        self.reward = task.reward_function()
+        self.reward = task.reward_function() if reward_fn is None else reward_fn
         self.models_trained = 0
 
     def surrogate(self, dynamics: SindyDynamics, start_observations: np.ndarray, seed: int):
@@ -269,25 +274,112 @@ class PolicyLearner:
         return policy, summary
 
     def distill(
-        self, policy: NumpyPolicy, dynamics: SindyDynamics, start_observations: np.ndarray
+        self,
+        policy: NumpyPolicy,
+        dynamics: SindyDynamics,
+        start_observations: np.ndarray,
+        max_coefficients: int | None = None,
     ) -> tuple[SparsePolynomialPolicy, dict]:
-        """A sparse polynomial policy imitating ``policy`` on the states it visits."""
-        env = self.surrogate(dynamics, start_observations, self.seed + 104729)
-        states = visited_states(policy, env, self.task.episode_length, self.config.sac.seed)
+        """A sparse polynomial policy that does about as well as ``policy`` on the surrogate.
+
+        Candidates (every degree whose library fits ``max_coefficients`` and the next one,
+        several thresholds) are fitted to the network's actions with DAgger rounds and scored
+        episode by episode against the network on the surrogate, from the same start
+        states; the sparsest whose mean shortfall is within 1 % of the network's return is
+        kept (see :func:`distill_sparse_policy`).  Imitation error alone is a poor guide: a
+        policy that is mostly saturated is decided by its switching curves.
+
+        The start states are the recorded ones plus copies of them at uniformly drawn
+        angles: the recorded states of a few hundred real steps cover only part of the
+        circle, and a student that is right there can still stall elsewhere (at the bottom
+        for a swing-up), where the real plant may well start.
+
+        Parameters
+        ----------
+        policy : NumpyPolicy
+            The trained network (the teacher).
+        dynamics : SindyDynamics
+        start_observations : ndarray, shape (K, n)
+            Recorded real observations.
+        max_coefficients : int, optional
+            Coefficient budget; default: 1/50 of the network's parameters.
+
+        Returns
+        -------
+        (SparsePolynomialPolicy, dict)
+            The policy and metrics: ``sparse_policy_coefficients``,
+            ``sparse_surrogate_return`` (same surrogate as training),
+            ``sparse_distillation_return`` and ``teacher_distillation_return`` (the
+            broader starts above).
+        """
+
+        task = self.task
+        if max_coefficients is None:
+            max_coefficients = max(1, policy.n_parameters // 50)
+        rng = np.random.default_rng(self.seed + 31)
+        starts = np.asarray(start_observations, dtype=np.float64)
+        copies = [starts]
+        for _ in range(4):
+            copy = starts.copy()
+            for cos_index, sin_index in task.angle_pairs:
+                angle = rng.uniform(-np.pi, np.pi, len(copy))
+                copy[:, cos_index], copy[:, sin_index] = np.cos(angle), np.sin(angle)
+            copies.append(copy)
+        if task.angle_pairs:
+            starts = np.concatenate(copies)
+        env = SurrogateVecEnv(
+            dynamics,
+            self.reward,
+            starts,
+            n_envs=512,
+            episode_length=task.episode_length,
+            observation_low=task.observation_low,
+            observation_high=task.observation_high,
+            start_noise=self.config.start_noise,
+            seed=self.seed + 104729,
+        )
+        # Every degree whose full library fits the budget, and the next one (thresholded
+        # into the budget); at least up to the configured degree.
+        n = len(task.observation_names)
+        top = 1
+        while top < 10:
+            powers = polynomial_powers(n, top)
+            for cos_index, _ in task.angle_pairs:
+                powers = powers[powers[:, cos_index] < 2]
+            if len(powers) * len(task.action_names) > max_coefficients:
+                break
+            top += 1
+        degrees = range(1, max(top, self.config.sparse_degree) + 1)
+        states = visited_states(policy, env, task.episode_length, self.config.sac.seed)
+        if len(states) > 131072:  # long episodes: a sample is as good and fits faster
+            states = states[np.sort(rng.choice(len(states), 131072, replace=False))]
         sparse = distill_sparse_policy(
             policy,
             states,
-            degree=self.config.sparse_degree,
+            degree=max(degrees),
+            degrees=degrees,
+            n_models=1,
             seed=self.seed,
             # With cos²+sin²=1 one term could spread over several equivalent ones.
-            angle_pairs=self.task.angle_pairs,
+            angle_pairs=task.angle_pairs,
             # DAgger: also fit the states the student's own errors lead to.
             dagger_env=env,
+            dagger_rounds=3,
+            dagger_steps=task.episode_length,
+            return_tolerance=0.01,
+            evaluation_episodes=512,
+            max_coefficients=max_coefficients,
             metadata={'source_model_version': dynamics.model_version, 'teacher': 'mlp'},
         )
+        summary = sparse.metadata['distillation']
+        training_env = self.surrogate(dynamics, start_observations, self.seed + 104729)
         metrics = {
             'sparse_policy_coefficients': int(sparse.n_parameters),
-            'sparse_surrogate_return': surrogate_return_of(sparse, env, self.task.episode_length),
+            'sparse_surrogate_return': surrogate_return_of(
+                sparse, training_env, task.episode_length
+            ),
+            'sparse_distillation_return': summary['surrogate_return'],
+            'teacher_distillation_return': summary['teacher_surrogate_return'],
         }
         sparse.metadata.update(metrics)
         return sparse, metrics

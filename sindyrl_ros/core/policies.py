@@ -691,6 +691,43 @@ def _stlsq_normal_equations(
     return coefficients
 
 
+class _Candidate:
+    """One fitted sparse polynomial (a degree and a threshold) and how well it does."""
+
+    def __init__(
+        self,
+        degree: int,
+        threshold: float,
+        powers: np.ndarray,
+        coefficients: np.ndarray,
+        error: float,
+        n_observations: int,
+    ) -> None:
+        self.degree = int(degree)
+        self.threshold = float(threshold)
+        self.powers = powers  # (K, n) int
+        self.coefficients = coefficients  # (K, m) in action units
+        self.n_nonzero = int(np.count_nonzero(coefficients))
+        self.error = float(error)  # validation RMS error, normalised action units
+        self.n_observations = int(n_observations)
+        self.surrogate_return = math.nan  # mean return once scored
+        self.shortfall = math.nan  # mean of max(teacher's return - own return, 0)
+        self.returns: np.ndarray | None = None  # (episodes,) returns once scored
+        self.round = 0  # DAgger round whose states it was fitted on
+
+    def summary(self) -> dict:
+        entry = {
+            'degree': self.degree,
+            'threshold': self.threshold,
+            'n_nonzero': self.n_nonzero,
+            'validation_rms_error': self.error,
+        }
+        if math.isfinite(self.surrogate_return):
+            entry['surrogate_return'] = self.surrogate_return
+            entry['shortfall'] = self.shortfall
+        return entry
+
+
 def distill_sparse_policy(
     teacher: Callable[[np.ndarray], np.ndarray] | NumpyPolicy,
     observations: np.ndarray,
@@ -709,6 +746,10 @@ def distill_sparse_policy(
     dagger_env: Any = None,
     dagger_rounds: int = 3,
     dagger_steps: int = 200,
+    degrees: Sequence[int] | None = None,
+    return_tolerance: float | None = None,
+    evaluation_episodes: int = 512,
+    max_coefficients: int | None = None,
 ) -> SparsePolynomialPolicy:
     """Fit a sparse polynomial policy to a teacher's actions (ensemble STLSQ, bagged, median).
 
@@ -723,9 +764,26 @@ def distill_sparse_policy(
 
     Sparsity: bagged STLSQ (``n_models`` bootstrap resamples, median coefficients) on features
     scaled to unit RMS, so a threshold is a contribution to the normalised action.  Every
-    threshold in ``thresholds`` is tried; the policy chosen is the sparsest whose validation
-    RMS error (normalised action units, after clipping) is within ``error_tolerance`` of the
-    best one.
+    degree in ``degrees`` and threshold in ``thresholds`` is fitted; one of these candidates
+    is kept:
+
+    * by imitation error (default): the sparsest whose validation RMS error (normalised
+      action units, after clipping) is within ``error_tolerance`` of the best one;
+    * by return (``return_tolerance`` set, needs ``dagger_env``): over the candidates of
+      every DAgger round, the sparsest whose *shortfall* to the teacher is at most
+      ``return_tolerance`` times the teacher's mean return (the one with the smallest
+      shortfall if none is).  The shortfall is the mean, over ``evaluation_episodes``
+      episodes of ``dagger_env``, of how much less the student returns than the teacher
+      from the same start state; doing better from some starts does not make up for
+      doing worse from others (on a surrogate that is often a model error or a start
+      the real plant never sees, and it would let a trivial policy through).  A small
+      imitation error does not make a good controller: a swing-up policy is mostly
+      saturated and its switching curves decide whether the pendulum comes up on this
+      swing or the next, so the return on the surrogate is the criterion that matters.
+      Each DAgger round then rolls out that round's choice and also adds, with a larger
+      weight, the student's and the teacher's states of the 5 % of episodes where the
+      student falls furthest behind: those few states decide the lost episodes, and a
+      uniform share of the data leaves them to chance.
 
     Parameters
     ----------
@@ -734,15 +792,16 @@ def distill_sparse_policy(
     observations : ndarray, shape (N, n)
         States where the student must agree with the teacher.
     degree : int
-        Maximum total degree of the monomials (bias included).
+        Maximum total degree of the monomials (bias included), when ``degrees`` is None.
     thresholds : sequence of float
         STLSQ thresholds to search, in normalised-action units.
     n_models : int
         Bootstrap models of the ensemble (1 = plain STLSQ on all samples).
     seed : int
-        Seed of the bootstrap and of the validation split.
+        Seed of the bootstrap, of the validation split and of the environment episodes.
     error_tolerance : float
-        Accepted increase of validation RMS error over the best threshold, for sparsity.
+        Accepted increase of validation RMS error over the best candidate, for sparsity
+        (selection by imitation error).
     ridge : float
         Ridge regularisation (relative to unit-RMS features); keeps collinear libraries
         (cos² + sin² = 1) solvable.
@@ -762,7 +821,9 @@ def distill_sparse_policy(
     metadata : dict, optional
         Added to the policy's metadata (distillation metrics are added too).
     dagger_env : SurrogateVecEnv-like, optional
-        Batched environment (``reset``/``step``/``reset_done``, e.g. the surrogate).  With
+        Batched environment (``reset``/``step``/``reset_done``, e.g. the surrogate;
+        ``n_envs`` too, and ``reset(seed)`` drawing the same start states for the same
+        seed, to select by return).  With
         it, each of ``dagger_rounds`` rounds rolls the current student out for
         ``dagger_steps`` steps, labels the states it visits with the teacher and refits
         (DAgger): the student is then also right on the states its own errors lead to,
@@ -770,41 +831,85 @@ def distill_sparse_policy(
     dagger_rounds : int
         Rounds of student rollouts (used only with ``dagger_env``).
     dagger_steps : int
-        Batched steps per rollout (e.g. the episode length).
+        Batched steps per rollout, and the length of the evaluation episodes (the episode
+        length).
+    degrees : sequence of int, optional
+        Degrees to try (default: ``degree`` only).
+    return_tolerance : float, optional
+        Select by return on ``dagger_env`` (see above); e.g. 0.01 for 1 %.
+    evaluation_episodes : int
+        Episodes (rounded up to whole batches of ``dagger_env.n_envs``) over which each
+        candidate and the teacher are scored, from the same start states.
+    max_coefficients : int, optional
+        Candidates with more nonzero coefficients are not chosen (unless none has fewer).
 
     Returns
     -------
     SparsePolynomialPolicy
-        With ``metadata['distillation']`` holding the chosen threshold, the number of nonzero
-        coefficients, the validation RMS error and the error of every threshold tried.
+        With ``metadata['distillation']`` holding the chosen degree and threshold, the number
+        of nonzero coefficients, the validation RMS error, the candidates tried and, when
+        selecting by return, the teacher's and the student's returns.
     """
-    options = {
-        'degree': degree,
+    degrees = (int(degree),) if degrees is None else tuple(sorted({int(d) for d in degrees}))
+    if not degrees or min(degrees) < 0:
+        raise ValueError(f'degrees must be non-negative integers, got {degrees}')
+    if max(degrees) > MAX_POLYNOMIAL_POWER:
+        raise ValueError(f'degrees above {MAX_POLYNOMIAL_POWER} are not supported')
+    if return_tolerance is not None:
+        if dagger_env is None:
+            raise ValueError('selecting by return (return_tolerance) needs dagger_env')
+        if not return_tolerance >= 0.0:
+            raise ValueError(f'return_tolerance must be >= 0, got {return_tolerance}')
+    fit_options = {
         'thresholds': thresholds,
         'n_models': n_models,
         'seed': seed,
-        'error_tolerance': error_tolerance,
         'ridge': ridge,
         'censor_iterations': censor_iterations,
         'validation_fraction': validation_fraction,
         'max_iterations': max_iterations,
         'angle_pairs': angle_pairs,
         'saturation': saturation,
-        'metadata': metadata,
     }
-    student = _distill_once(teacher, observations, **options)
+    observations = _check_observations(teacher, observations, thresholds, saturation)
+    options = {
+        'degrees': degrees,
+        'fit_options': fit_options,
+        'metadata': metadata,
+        'max_coefficients': max_coefficients,
+    }
+    if return_tolerance is not None:
+        return _distill_by_return(
+            teacher,
+            observations,
+            env=dagger_env,
+            rounds=max(0, int(dagger_rounds)),
+            steps=int(dagger_steps),
+            tolerance=float(return_tolerance),
+            episodes=int(evaluation_episodes),
+            seed=seed,
+            **options,
+        )
+    student = _distill_by_error(teacher, observations, error_tolerance, **options)
     if dagger_env is None or dagger_rounds <= 0:
         return student
-    observations = np.asarray(observations, dtype=np.float64)
     errors = [student.metadata['distillation']['validation_rms_error']]
     for round_index in range(dagger_rounds):
         visited = _visited_states(student, dagger_env, dagger_steps, seed + 7919 * round_index)
         observations = np.concatenate([observations, visited])
-        student = _distill_once(teacher, observations, **options)
+        student = _distill_by_error(teacher, observations, error_tolerance, **options)
         errors.append(student.metadata['distillation']['validation_rms_error'])
     student.metadata['distillation']['dagger_rounds'] = int(dagger_rounds)
     student.metadata['distillation']['dagger_validation_rms_errors'] = errors
     return student
+
+
+# Weight of the states of the episodes where the student does worst (see _distill_by_return).
+_FOCUS_WEIGHT = 4.0
+
+# DAgger rollouts of a large batched environment are thinned to this many states per round:
+# the fit's cost grows with the number of states, and consecutive states add little.
+_MAX_DAGGER_STATES_PER_ROUND = 16384
 
 
 def _visited_states(policy: NumpyPolicy, env: Any, steps: int, seed: int) -> np.ndarray:
@@ -821,32 +926,77 @@ def _visited_states(policy: NumpyPolicy, env: Any, steps: int, seed: int) -> np.
             observations = np.asarray(env.reset_done(done), dtype=np.float64)
         else:
             observations = next_observations
-    return np.concatenate(visited)
+    states = np.concatenate(visited)
+    if len(states) > _MAX_DAGGER_STATES_PER_ROUND:
+        keep = np.random.default_rng(seed).choice(
+            len(states), _MAX_DAGGER_STATES_PER_ROUND, replace=False
+        )
+        states = states[np.sort(keep)]
+    return states
 
 
-def _distill_once(
-    teacher: Callable[[np.ndarray], np.ndarray] | NumpyPolicy,
-    observations: np.ndarray,
-    degree: int = 3,
-    thresholds: Sequence[float] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1),
-    n_models: int = 20,
-    seed: int = 0,
-    error_tolerance: float = 0.02,
-    ridge: float = 1e-8,
-    censor_iterations: int = 10,
-    validation_fraction: float = 0.2,
-    max_iterations: int = 20,
-    angle_pairs: Sequence[tuple[int, int]] = (),
-    saturation: float = 0.95,
-    metadata: dict | None = None,
-) -> SparsePolynomialPolicy:
-    """One distillation on fixed observations (see :func:`distill_sparse_policy`)."""
+def _episode_returns(policy: Any, env: Any, steps: int, seeds: Sequence[int]) -> np.ndarray:
+    """Returns (len(seeds) * n_envs,) of deterministic episodes, one batch per seed.
+
+    ``env.reset(seed)`` draws the same start states for every policy scored with the same
+    seeds, so the returns of a student and of its teacher compare start by start.  Rewards
+    after an episode ends (terminated or truncated) are not counted.
+    """
+    returns = []
+    act = policy.act_batch if hasattr(policy, 'act_batch') else None
+    for seed in seeds:
+        observations = np.asarray(env.reset(seed=seed), dtype=np.float64)
+        totals = np.zeros(len(observations))
+        alive = np.ones(len(observations), dtype=bool)
+        for _ in range(steps):
+            if act is not None:
+                actions = act(observations)
+            else:
+                actions = np.array([np.asarray(policy(x), dtype=np.float64) for x in observations])
+            observations, rewards, terminated, truncated = env.step(actions)
+            totals += np.where(alive, np.asarray(rewards, dtype=np.float64), 0.0)
+            alive &= ~(np.asarray(terminated, bool) | np.asarray(truncated, bool))
+            if not alive.any():
+                break
+            observations = np.asarray(observations, dtype=np.float64)
+        returns.append(totals)
+    return np.concatenate(returns)
+
+
+def _episode_states(
+    policy: Any, env: Any, steps: int, seeds: Sequence[int], episodes: np.ndarray
+) -> np.ndarray:
+    """States (K, n) of chosen episodes of :func:`_episode_returns` (same seeds, same order)."""
+    states = []
+    n_envs = int(env.n_envs)
+    for batch, seed in enumerate(seeds):
+        slots = episodes[(episodes >= batch * n_envs) & (episodes < (batch + 1) * n_envs)]
+        slots = slots - batch * n_envs
+        if slots.size == 0:
+            continue
+        observations = np.asarray(env.reset(seed=seed), dtype=np.float64)
+        alive = np.zeros(n_envs, dtype=bool)
+        alive[slots] = True
+        for _ in range(steps):
+            states.append(observations[alive])
+            observations, _, terminated, truncated = env.step(policy.act_batch(observations))
+            observations = np.asarray(observations, dtype=np.float64)
+            alive &= ~(np.asarray(terminated, bool) | np.asarray(truncated, bool))
+            alive &= np.all(np.isfinite(observations), axis=1)
+            if not alive.any():
+                break
+    return np.concatenate(states)
+
+
+def _check_observations(
+    teacher: Any, observations: Any, thresholds: Sequence[float], saturation: float
+) -> np.ndarray:
     observations = np.asarray(observations, dtype=np.float64)
     if observations.ndim != 2 or len(observations) < 2:
         raise ValueError(f'observations must have shape (N >= 2, n), got {observations.shape}')
     if not np.all(np.isfinite(observations)):
         raise ValueError('observations contain non-finite values')
-    if not thresholds:
+    if not len(thresholds):
         raise ValueError('thresholds must not be empty')
     if not 0.0 < saturation <= 1.0:
         raise ValueError(f'saturation must be in (0, 1], got {saturation}')
@@ -855,17 +1005,52 @@ def _distill_once(
         raise ValueError('teacher must have observation_names, action_names and action limits')
     if len(names) != observations.shape[1]:
         raise ValueError(f'teacher expects {len(names)} observation features')
-    low = np.asarray(teacher.action_low, dtype=np.float64)
-    high = np.asarray(teacher.action_high, dtype=np.float64)
-    center, half_range = 0.5 * (high + low), 0.5 * (high - low)
+    return observations
 
+
+def _teacher_actions(teacher: Any, observations: np.ndarray) -> np.ndarray:
+    """Teacher actions (N, m) for states (N, n)."""
     if hasattr(teacher, 'act_batch'):
         actions = np.asarray(teacher.act_batch(observations), dtype=np.float64)
     else:
         actions = np.array([np.array(teacher(x), dtype=np.float64) for x in observations])
-    actions = actions.reshape(len(observations), -1)
+    return actions.reshape(len(observations), -1)
+
+
+def _library(n: int, degree: int, angle_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Monomials (K, n) of the student: all up to ``degree`` but those with cos θ squared."""
+    powers = polynomial_powers(n, degree)
+    for cos_index, _ in angle_pairs:
+        # cos² = 1 - sin² on the unit circle: monomials with cos² duplicate others there,
+        # which would spread one term over several collinear ones.
+        powers = powers[powers[:, cos_index] < 2]
+    return powers
+
+
+def _fit_candidates(
+    teacher: Any,
+    observations: np.ndarray,
+    degrees: Sequence[int],
+    thresholds: Sequence[float],
+    n_models: int,
+    seed: int,
+    ridge: float,
+    censor_iterations: int,
+    validation_fraction: float,
+    max_iterations: int,
+    angle_pairs: Sequence[tuple[int, int]],
+    saturation: float,
+    sample_weights: np.ndarray | None = None,
+) -> list[_Candidate]:
+    """Censored ensemble-STLSQ fits for every degree and threshold, on fixed states.
+
+    ``sample_weights`` (N,) multiply each state's weight in the least-squares fits.
+    """
+    low = np.asarray(teacher.action_low, dtype=np.float64)
+    high = np.asarray(teacher.action_high, dtype=np.float64)
+    center, half_range = 0.5 * (high + low), 0.5 * (high - low)
+    actions = _teacher_actions(teacher, observations)
     normalised = np.clip((actions - center) / half_range, -1.0, 1.0)
-    m = normalised.shape[1]
 
     rng = np.random.default_rng(seed)
     N = len(observations)
@@ -874,19 +1059,7 @@ def _distill_once(
     validation, training = order[:n_validation], order[n_validation:]
     if n_validation == 0:
         validation = training
-
-    powers = polynomial_powers(observations.shape[1], degree)
-    for cos_index, _ in angle_pairs:
-        # cos² = 1 - sin² on the unit circle: monomials with cos² duplicate others there,
-        # which would spread one term over several collinear ones.
-        powers = powers[powers[:, cos_index] < 2]
-    features = _monomials(observations, powers)
-    scale = np.sqrt(np.mean(features[training] ** 2, axis=0))
-    scale[scale < 1e-12] = 1.0  # a feature that is zero on the data stays unused
-    features /= scale
-    train_features = features[training]
     n_train = len(training)
-
     # Bagging as multinomial sample weights, so each bootstrap model is a weighted
     # least-squares problem solved from its (K, K) normal equations.
     if n_models <= 1:
@@ -894,94 +1067,326 @@ def _distill_once(
     else:
         draws = [rng.integers(0, n_train, n_train) for _ in range(n_models)]
         weights = np.stack([np.bincount(d, minlength=n_train) for d in draws]).astype(float)
+    if sample_weights is not None:
+        weights = weights * np.asarray(sample_weights, dtype=np.float64)[training]
 
-    def ensemble_fit(target: np.ndarray, included: np.ndarray, threshold: float) -> np.ndarray:
-        """Median of the bootstrap STLSQ models fitted on the included samples."""
-        sample_weights = weights * included
-        rows = np.flatnonzero(included)
-        rows_features = train_features[rows]
-        members = []
-        for w in sample_weights[:, rows]:
-            gram = (rows_features * w[:, None]).T @ rows_features / n_train
-            moment = (w * target[rows]) @ rows_features / n_train
-            members.append(_stlsq_normal_equations(gram, moment, threshold, ridge, max_iterations))
-        return np.median(np.stack(members), axis=0)
-
-    n_features = features.shape[1]
-
-    def fit(threshold: float) -> np.ndarray:
-        """Censored fit per action: saturated samples only bound the polynomial."""
-        coefficients = np.zeros((n_features, m))
-        for j in range(m):
-            target = normalised[training, j].copy()
-            at_high = target >= saturation
-            at_low = target <= -saturation
-            target[at_high], target[at_low] = 1.0, -1.0
-            included = ~(at_high | at_low)
-            if included.sum() < n_features:
-                included[:] = True  # too few unsaturated samples: plain clipped fit
-            unsaturated = included.copy()
-            best_error = math.inf
-            for _ in range(max(1, censor_iterations)):
-                candidate = ensemble_fit(target, included, threshold)
-                prediction = train_features @ candidate
-                # Keep the round whose clipped output is closest to the teacher (the
-                # active set can cycle instead of converging).
-                error = np.mean((np.clip(prediction, -1.0, 1.0) - normalised[training, j]) ** 2)
-                if error < best_error:
-                    best_error = error
-                    coefficients[:, j] = candidate
-                # Active set of the squared-hinge problem: a saturated sample counts
-                # (target = its limit) exactly where the polynomial is inside the limit.
-                violated = (at_high & (prediction < 1.0)) | (at_low & (prediction > -1.0))
-                new_included = unsaturated | violated
-                if np.array_equal(new_included, included):
-                    break
-                included = new_included
-        return coefficients
+    # The library of the highest degree holds every lower one as its first columns
+    # (monomials are ordered by degree), so its features serve every degree.
+    all_powers = _library(observations.shape[1], max(degrees), angle_pairs)
+    all_features = _monomials(observations, all_powers)
+    all_scale = np.sqrt(np.mean(all_features[training] ** 2, axis=0))
+    all_scale[all_scale < 1e-12] = 1.0  # a feature that is zero on the data stays unused
+    all_features /= all_scale
+    total_degree = all_powers.sum(axis=1)
 
     candidates = []
     with _single_threaded_blas():
-        for threshold in thresholds:
-            coefficients = fit(float(threshold))
-            prediction = np.clip(features[validation] @ coefficients, -1.0, 1.0)
-            error = float(np.sqrt(np.mean((prediction - normalised[validation]) ** 2)))
-            n_nonzero = int(np.count_nonzero(coefficients))
-            candidates.append((float(threshold), n_nonzero, error, coefficients))
-    best_error = min(candidate[2] for candidate in candidates)
-    acceptable = [c for c in candidates if c[2] <= best_error + error_tolerance]
-    threshold, n_nonzero, error, coefficients = min(acceptable, key=lambda c: (c[1], c[2]))
+        for degree in degrees:
+            n_features = int(np.count_nonzero(total_degree <= degree))
+            features = all_features[:, :n_features]
+            scale = all_scale[:n_features]
+            fits = _censored_fits(
+                features[training],
+                normalised[training],
+                weights,
+                thresholds,
+                saturation,
+                ridge,
+                censor_iterations,
+                max_iterations,
+            )
+            for threshold, coefficients in zip(thresholds, fits, strict=True):
+                prediction = np.clip(features[validation] @ coefficients, -1.0, 1.0)
+                error = float(np.sqrt(np.mean((prediction - normalised[validation]) ** 2)))
+                # Back to raw monomials and action units: a = center + half_range * (Θ/scale) ξ;
+                # powers[0] is the constant monomial, which absorbs the centre of the limits.
+                action_coefficients = coefficients / scale[:, None] * half_range[None, :]
+                action_coefficients[0] += center
+                candidates.append(
+                    _Candidate(
+                        degree, threshold, all_powers[:n_features], action_coefficients, error, N
+                    )
+                )
+    return candidates
 
-    # Back to raw monomials and action units: a = center + half_range * (Θ/scale) ξ;
-    # powers[0] is the constant monomial, which absorbs the centre of the limits.
-    action_coefficients = coefficients / scale[:, None] * half_range[None, :]
-    action_coefficients[0] += center
-    summary = {
-        'threshold': threshold,
-        'n_nonzero': int(np.count_nonzero(action_coefficients)),
-        'validation_rms_error': error,
-        'degree': int(degree),
-        'angle_pairs': [[int(i), int(j)] for i, j in angle_pairs],
-        'saturation': float(saturation),
-        'n_models': int(n_models),
-        'n_observations': int(N),
-        'candidates': [
-            {'threshold': t, 'n_nonzero': k, 'validation_rms_error': e}
-            for t, k, e, _ in candidates
-        ],
-    }
+
+def _censored_fits(
+    features: np.ndarray,
+    normalised: np.ndarray,
+    weights: np.ndarray,
+    thresholds: Sequence[float],
+    saturation: float,
+    ridge: float,
+    censor_iterations: int,
+    max_iterations: int,
+) -> list[np.ndarray]:
+    """Censored fit per action and threshold: saturated samples only bound the polynomial.
+
+    Parameters
+    ----------
+    features : ndarray, shape (N, K)
+        Unit-RMS monomials of the training states.
+    normalised : ndarray, shape (N, m)
+        Teacher actions scaled to [-1, 1].
+    weights : ndarray, shape (B, N)
+        Bootstrap sample weights, one row per ensemble member.
+
+    Returns
+    -------
+    list of ndarray, shape (K, m)
+        Normalised coefficients, one per threshold.
+    """
+    n_train, n_features = features.shape
+    m = normalised.shape[1]
+    results = [np.zeros((n_features, m)) for _ in thresholds]
+    for j in range(m):
+        target = normalised[:, j].copy()
+        at_high = target >= saturation
+        at_low = target <= -saturation
+        target[at_high], target[at_low] = 1.0, -1.0
+        unsaturated = ~(at_high | at_low)
+        if unsaturated.sum() < n_features:
+            unsaturated[:] = True  # too few unsaturated samples: plain clipped fit
+        # Normal equations of the unsaturated samples, once per member; the saturated
+        # samples that an active-set round adds are few and added on top.
+        rows = np.flatnonzero(unsaturated)
+        base_features = features[rows]
+        base = []
+        for w in weights[:, rows]:
+            weighted = base_features * w[:, None]
+            base.append(
+                (weighted.T @ base_features / n_train, weighted.T @ target[rows] / n_train)
+            )
+        for index, threshold in enumerate(thresholds):
+            extra = np.zeros(0, dtype=np.intp)
+            best_error = math.inf
+            for _ in range(max(1, censor_iterations)):
+                extra_features = features[extra]
+                members = []
+                for (gram, moment), w in zip(base, weights[:, extra], strict=True):
+                    if extra.size:
+                        weighted = extra_features * w[:, None]
+                        gram = gram + weighted.T @ extra_features / n_train
+                        moment = moment + weighted.T @ target[extra] / n_train
+                    members.append(
+                        _stlsq_normal_equations(
+                            gram, moment, float(threshold), ridge, max_iterations
+                        )
+                    )
+                candidate = np.median(np.stack(members), axis=0)
+                prediction = features @ candidate
+                # Keep the round whose clipped output is closest to the teacher (the
+                # active set can cycle instead of converging).
+                error = np.mean((np.clip(prediction, -1.0, 1.0) - normalised[:, j]) ** 2)
+                if error < best_error:
+                    best_error = error
+                    results[index][:, j] = candidate
+                # Active set of the squared-hinge problem: a saturated sample counts
+                # (target = its limit) exactly where the polynomial is inside the limit.
+                violated = (at_high & (prediction < 1.0)) | (at_low & (prediction > -1.0))
+                new_extra = np.flatnonzero(violated & ~unsaturated)
+                if np.array_equal(new_extra, extra):
+                    break
+                extra = new_extra
+    return results
+
+
+def _student(
+    teacher: Any, candidate: _Candidate, summary: dict, metadata: dict | None
+) -> SparsePolynomialPolicy:
+    """The policy of a candidate, with the teacher's metadata and the distillation summary."""
     merged = dict(getattr(teacher, 'metadata', {}) or {})
     merged.update(metadata or {})
     merged['distillation'] = summary
     merged['teacher_kind'] = getattr(teacher, 'kind', type(teacher).__name__)
-    if not math.isfinite(error):
-        raise ValueError('distillation produced a non-finite error')
     return SparsePolynomialPolicy(
-        powers,
-        action_coefficients,
+        candidate.powers,
+        candidate.coefficients,
         teacher.observation_names,
         teacher.action_names,
-        low,
-        high,
+        teacher.action_low,
+        teacher.action_high,
         merged,
     )
+
+
+def _summary(chosen: _Candidate, fit_options: dict) -> dict:
+    if not math.isfinite(chosen.error):
+        raise ValueError('distillation produced a non-finite error')
+    return {
+        'threshold': chosen.threshold,
+        'n_nonzero': chosen.n_nonzero,
+        'validation_rms_error': chosen.error,
+        'degree': chosen.degree,
+        'angle_pairs': [[int(i), int(j)] for i, j in fit_options['angle_pairs']],
+        'saturation': float(fit_options['saturation']),
+        'n_models': int(fit_options['n_models']),
+        'n_observations': chosen.n_observations,
+    }
+
+
+def _eligible(candidates: list[_Candidate], max_coefficients: int | None) -> list[_Candidate]:
+    """Candidates within the coefficient budget (the sparsest ones if none is)."""
+    if max_coefficients is None:
+        return candidates
+    within = [c for c in candidates if c.n_nonzero <= max_coefficients]
+    if within:
+        return within
+    fewest = min(c.n_nonzero for c in candidates)
+    return [c for c in candidates if c.n_nonzero == fewest]
+
+
+def _distill_by_error(
+    teacher: Any,
+    observations: np.ndarray,
+    error_tolerance: float,
+    degrees: Sequence[int],
+    fit_options: dict,
+    metadata: dict | None,
+    max_coefficients: int | None,
+) -> SparsePolynomialPolicy:
+    """One distillation on fixed states, the candidate chosen by validation error."""
+    candidates = _fit_candidates(teacher, observations, degrees, **fit_options)
+    eligible = _eligible(candidates, max_coefficients)
+    best_error = min(c.error for c in eligible)
+    acceptable = [c for c in eligible if c.error <= best_error + error_tolerance]
+    chosen = min(acceptable, key=lambda c: (c.n_nonzero, c.error))
+    summary = _summary(chosen, fit_options)
+    summary['selection'] = 'imitation_error'
+    summary['candidates'] = [c.summary() for c in candidates]
+    return _student(teacher, chosen, summary, metadata)
+
+
+def _pick_by_return(
+    candidates: list[_Candidate], allowed: float, max_coefficients: int | None
+) -> _Candidate:
+    """The sparsest candidate whose shortfall is within ``allowed``, else the closest."""
+    eligible = _eligible(candidates, max_coefficients)
+    acceptable = [c for c in eligible if c.shortfall <= allowed]
+    if acceptable:
+        return min(acceptable, key=lambda c: (c.n_nonzero, c.shortfall))
+    return min(eligible, key=lambda c: (c.shortfall, c.n_nonzero))
+
+
+def _distill_by_return(
+    teacher: Any,
+    observations: np.ndarray,
+    env: Any,
+    rounds: int,
+    steps: int,
+    tolerance: float,
+    episodes: int,
+    seed: int,
+    degrees: Sequence[int],
+    fit_options: dict,
+    metadata: dict | None,
+    max_coefficients: int | None,
+) -> SparsePolynomialPolicy:
+    """DAgger rounds; every candidate of every round is scored against the teacher on ``env``.
+
+    A candidate's score is its *shortfall*: the mean over the episodes of how much less
+    it returns than the teacher from the same start state (never negative).  Doing
+    better than the teacher from some starts does not make up for doing worse from
+    others: on the surrogate that is often a model error or a start state the real plant
+    never sees, and it would let a trivial policy through.  The rollouts of each round
+    use the candidate that round would choose, so the next fit also covers the states
+    where that candidate's mistakes lead.
+    """
+    batches = max(1, math.ceil(max(1, episodes) / int(env.n_envs)))
+    evaluation_seeds = [seed + 104_729 * (batch + 1) for batch in range(batches)]
+    teacher_returns = _episode_returns(teacher, env, steps, evaluation_seeds)
+    teacher_return = float(np.mean(teacher_returns))
+    allowed = tolerance * abs(teacher_return)
+
+    def score(candidate: _Candidate, same_as: _Candidate | None = None) -> None:
+        if same_as is not None:
+            candidate.returns = same_as.returns
+        else:
+            policy = _student(teacher, candidate, {}, None)
+            candidate.returns = _episode_returns(policy, env, steps, evaluation_seeds)
+        candidate.surrogate_return = float(np.mean(candidate.returns))
+        candidate.shortfall = float(np.mean(np.maximum(teacher_returns - candidate.returns, 0)))
+
+    evaluated: list[_Candidate] = []
+    rounds_summary = []
+    weights = np.ones(len(observations))
+    fewest_acceptable: int | None = None
+    for round_index in range(rounds + 1):
+        fits = _fit_candidates(
+            teacher, observations, degrees, **fit_options, sample_weights=weights
+        )
+        # Sparsest first: once a candidate is good enough, denser ones can't be chosen
+        # any more (in this round or a later one) and need no episodes.
+        fits.sort(key=lambda c: (c.n_nonzero, c.degree, c.threshold))
+        scored: list[_Candidate] = []
+        for candidate in fits:
+            candidate.round = round_index
+            if fewest_acceptable is not None and candidate.n_nonzero > fewest_acceptable:
+                break
+            same = next(
+                (
+                    c
+                    for c in scored
+                    if c.degree == candidate.degree
+                    and np.array_equal(c.coefficients, candidate.coefficients)
+                ),
+                None,
+            )  # e.g. thresholds below every coefficient give the same fit
+            score(candidate, same)
+            scored.append(candidate)
+            within_budget = max_coefficients is None or candidate.n_nonzero <= max_coefficients
+            if candidate.shortfall <= allowed and within_budget:
+                fewest_acceptable = candidate.n_nonzero
+        if not scored:  # nothing sparser than an earlier choice: score the sparsest
+            score(fits[0])
+            scored.append(fits[0])
+        chosen = _pick_by_return(scored, allowed, max_coefficients)
+        evaluated.extend(scored)
+        rounds_summary.append(
+            {
+                'n_observations': int(len(observations)),
+                'n_nonzero': chosen.n_nonzero,
+                'degree': chosen.degree,
+                'surrogate_return': chosen.surrogate_return,
+                'shortfall': chosen.shortfall,
+            }
+        )
+        if round_index < rounds:
+            student = _student(teacher, chosen, {}, None)
+            visited = _visited_states(student, env, steps, seed + 7919 * round_index)
+            observations = np.concatenate([observations, visited])
+            weights = np.concatenate([weights, np.ones(len(visited))])
+            # The episodes where the student falls furthest behind the teacher (e.g. one
+            # swing more before coming up) hinge on a few states near a switching curve;
+            # a uniform share of the data leaves them to chance.  The student's and the
+            # teacher's states of those episodes get a larger weight.
+            shortfall = teacher_returns - chosen.returns
+            worst = np.argsort(-shortfall)[: max(1, len(shortfall) // 20)]
+            worst = worst[shortfall[worst] > 0]
+            if worst.size:
+                focus = np.concatenate(
+                    [
+                        _episode_states(who, env, steps, evaluation_seeds, worst)
+                        for who in (student, teacher)
+                    ]
+                )
+                observations = np.concatenate([observations, focus])
+                weights = np.concatenate([weights, np.full(len(focus), _FOCUS_WEIGHT)])
+    chosen = _pick_by_return(evaluated, allowed, max_coefficients)
+    summary = _summary(chosen, fit_options)
+    summary.update(
+        {
+            'selection': 'shortfall_to_teacher',
+            'surrogate_return': chosen.surrogate_return,
+            'shortfall': chosen.shortfall,
+            'teacher_surrogate_return': teacher_return,
+            'allowed_shortfall': allowed,
+            'return_tolerance': tolerance,
+            'evaluation_episodes': int(batches * env.n_envs),
+            'dagger_rounds': int(rounds),
+            'chosen_round': chosen.round,
+            'rounds': rounds_summary,
+            'candidates': [c.summary() for c in evaluated if c.round == chosen.round],
+        }
+    )
+    return _student(teacher, chosen, summary, metadata)

@@ -99,7 +99,8 @@ POLICY_TRAINER_PARAMETERS = [
     ParamSpec(
         'sparse_degree',
         3,
-        'Polynomial degree of the distilled sparse policy',
+        'Lowest top degree tried for the distilled sparse policy (higher degrees are searched '
+        'up to the coefficient budget; the sparsest one matching the network is kept)',
         range=(1, 8),
         read_only=True,
     ),

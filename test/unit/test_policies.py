@@ -328,3 +328,94 @@ def test_distillation_with_student_rollouts_dagger():
     assert student.equations() == [
         'torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)'
     ]
+
+
+class PendulumCost(PendulumBatch):
+    """PendulumBatch with Pendulum-v1's cost as reward, so returns rank controllers."""
+
+    def step(self, actions):
+        torque = np.clip(actions[:, 0], -2.0, 2.0)
+        theta = np.arctan2(np.sin(self.state[:, 0]), np.cos(self.state[:, 0]))
+        cost = theta**2 + 0.1 * self.state[:, 1] ** 2 + 0.001 * torque**2
+        observations, _, terminated, truncated = super().step(actions)
+        return observations, -cost, terminated, truncated
+
+
+def episode_returns(policy, env, seed, steps):
+    observations, total = env.reset(seed=seed), np.zeros(env.n_envs)
+    for _ in range(steps):
+        observations, reward, _, _ = env.step(policy.act_batch(observations))
+        total += reward
+    return total
+
+
+def test_distillation_selected_by_return_on_the_environment():
+    # A saturating network-like teacher; the student is scored by its return, not its fit.
+    layer = (np.array([[-1.5, 0.0, -0.5]]), np.array([0.1]))
+    teacher = MLPPolicy([layer], 'tanh', OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0])
+    env = PendulumCost(n_envs=16)
+    student = distill_sparse_policy(
+        teacher,
+        pendulum_states(400, seed=3),
+        degrees=(1, 2, 3),
+        n_models=1,
+        angle_pairs=[(0, 1)],
+        dagger_env=env,
+        dagger_rounds=1,
+        dagger_steps=60,
+        return_tolerance=0.05,
+        evaluation_episodes=32,
+        max_coefficients=12,
+    )
+    summary = student.metadata['distillation']
+    assert summary['selection'] == 'shortfall_to_teacher'
+    assert summary['evaluation_episodes'] == 32  # two batches of the 16 environments
+    teacher_return = summary['teacher_surrogate_return']
+    assert summary['allowed_shortfall'] == pytest.approx(0.05 * abs(teacher_return))
+    assert 0.0 <= summary['shortfall'] <= summary['allowed_shortfall']
+    assert student.n_nonzero <= 12 and summary['degree'] in (1, 2, 3)
+    # The sparsest good-enough candidate was kept.
+    good = [
+        c['n_nonzero']
+        for c in summary['candidates']
+        if c.get('shortfall', np.inf) <= summary['allowed_shortfall']
+    ]
+    assert min(good) == student.n_nonzero
+    # Start states it was not scored on: still about as good as the teacher.
+    fresh_teacher = episode_returns(teacher, env, seed=99, steps=60).mean()
+    fresh_student = episode_returns(student, env, seed=99, steps=60).mean()
+    assert fresh_student >= fresh_teacher - 0.1 * abs(fresh_teacher)
+
+
+def test_selection_by_return_needs_an_environment():
+    with pytest.raises(ValueError, match='dagger_env'):
+        distill_sparse_policy(
+            make_known_polynomial_policy(), pendulum_states(100), return_tolerance=0.01
+        )
+
+
+def test_distillation_searches_several_degrees():
+    teacher = make_known_polynomial_policy()
+    student = distill_sparse_policy(
+        teacher, pendulum_states(2000, seed=2), degrees=(1, 2, 3), n_models=5, angle_pairs=[(0, 1)]
+    )
+    summary = student.metadata['distillation']
+    assert {c['degree'] for c in summary['candidates']} == {1, 2, 3}
+    assert student.n_nonzero == 2 and summary['degree'] in (2, 3)  # sin_theta*theta_dot
+    assert student.equations() == [
+        'torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)'
+    ]
+
+
+def test_distillation_keeps_to_a_coefficient_budget():
+    student = distill_sparse_policy(
+        make_known_polynomial_policy(),
+        pendulum_states(2000, seed=2),
+        degrees=(1, 2, 3),
+        thresholds=(0.0, 0.3, 1.0),
+        n_models=5,
+        angle_pairs=[(0, 1)],
+        max_coefficients=1,
+    )
+    # The exact two-term controller is over the budget: the best one-term one is kept.
+    assert student.equations() == ['torque = clip(-1.294*cos_theta, -2, 2)']
