@@ -82,7 +82,13 @@ SINDY_RL_SETTINGS: dict[str, dict[str, Any]] = {
     },
     'cartpole_swingup': {
         'budget': 20_000,
-        'dyna': {'initial_steps': 1_000, 'steps_per_iteration': 1_000},
+        'dyna': {
+            'initial_steps': 1_000,
+            'steps_per_iteration': 1_000,
+            # Episodes are 1,000 steps: more surrogate experience per model than Pendulum.
+            'surrogate_steps_first': 300_000,
+            'surrogate_steps_per_model': 150_000,
+        },
     },
 }
 

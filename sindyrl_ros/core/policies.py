@@ -407,8 +407,11 @@ class SparsePolynomialPolicy(NumpyPolicy):
         active_powers = self.powers[active]
         self._max_power = int(active_powers.max()) if active_powers.size else 0
         # power_table[j, p] = x_j ** p; a monomial is a product of n table entries.
+        # filled by one np.power call per tick (fewer numpy calls is what makes it fast).
         self._power_table = np.ones((n, self._max_power + 1))
-        self._power_columns = [self._power_table[:, p] for p in range(self._max_power + 1)]
+        self._exponents = np.arange(self._max_power + 1, dtype=np.float64)[None, :]
+        self._observation_column = np.empty((n, 1))
+        self._observation_values = self._observation_column[:, 0]  # a view, made once
         stride = self._max_power + 1
         self._gather_index = np.ascontiguousarray(
             np.arange(n)[None, :] * stride + active_powers, dtype=np.intp
@@ -428,11 +431,8 @@ class SparsePolynomialPolicy(NumpyPolicy):
 
     def __call__(self, observation: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = self._output if out is None else out
-        columns = self._power_columns
-        if self._max_power >= 1:
-            np.copyto(columns[1], observation)
-            for power in range(2, self._max_power + 1):
-                np.multiply(columns[power - 1], columns[1], out=columns[power])
+        np.copyto(self._observation_values, observation)
+        np.power(self._observation_column, self._exponents, out=self._power_table)
         np.take(self._power_table, self._gather_index, out=self._gathered, mode='clip')
         np.prod(self._gathered, axis=1, out=self._features)
         np.dot(self._features, self._active_coefficients, out=out)
