@@ -16,7 +16,9 @@ protocol and the default settings.  stable-baselines3 is a benchmark-only depend
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field
+import fcntl
 import json
 import math
 from pathlib import Path
@@ -787,6 +789,18 @@ def write_reports(document: dict, out: Path) -> None:
     plot_curves(document, out / f'{RESULTS_NAME}.png')
 
 
+@contextlib.contextmanager
+def results_lock(out: Path):
+    """Exclusive use of the results files while one run merges its entry into them."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f'.{RESULTS_NAME}.lock', 'w') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_document(out: Path) -> dict:
     document = read_json(out / f'{RESULTS_NAME}.json')
     if document is None:
@@ -942,21 +956,28 @@ def main(argv: list[str] | None = None) -> int:
                 if method == 'sindy_rl' and arguments.seeds is None and task_name in SEEDS_NOTES:
                     entry['seeds_note'] = SEEDS_NOTES[task_name]
                 entry['last_run'] = {'date': utc_now(), 'command': command_line()}
-                document.update(
-                    {
-                        'format': RESULTS_FORMAT,
-                        'version': RESULTS_VERSION,
-                        'date': utc_now(),
-                        'command': command_line(),
-                        'versions': package_versions(),
-                        'machine': machine_info(),
-                        'torch_threads': TORCH_THREADS,
-                        'methods_run_sequentially': True,
-                    }
-                )
-                write_reports(document, out)
+                # Another run (another task or method) may have written meanwhile: merge this
+                # entry into what is on disk now, under a lock, instead of overwriting it.
+                with results_lock(out):
+                    document = load_document(out)
+                    document['tasks'].setdefault(task_name, {})[method] = entry
+                    document.update(
+                        {
+                            'format': RESULTS_FORMAT,
+                            'version': RESULTS_VERSION,
+                            'date': utc_now(),
+                            'command': command_line(),
+                            'versions': package_versions(),
+                            'machine': machine_info(),
+                            'torch_threads': TORCH_THREADS,
+                            'methods_run_sequentially': True,
+                        }
+                    )
+                    write_reports(document, out)
     if 'date' in document:
-        write_reports(document, out)
+        with results_lock(out):
+            document = load_document(out)
+            write_reports(document, out)
         print(f'wrote {out}/{RESULTS_NAME}.json, .md and .png', flush=True)
         print(json.dumps(finite_or_none(document['summary']), indent=1), flush=True)
     return 0
