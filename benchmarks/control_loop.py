@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 from dataclasses import dataclass
-import fcntl
 import os
 from pathlib import Path
 import shutil
@@ -54,6 +53,8 @@ from common import (  # noqa: E402
     utc_now,
     write_json,
 )
+
+from sindyrl_ros.ros_domains import DomainLease, localhost_environment  # noqa: E402
 
 RESULTS_FORMAT = 'sindyrl_ros/benchmark/control_loop'
 RESULTS_VERSION = 1
@@ -204,42 +205,9 @@ def pendulum_observations(seed: int, steps: int) -> np.ndarray:
 # --------------------------------------------------------------------------- processes
 
 
-# Same lock files as test/ros/ros_testing.py: a benchmark and a test run on one machine
-# never share a ROS domain.
-_DOMAIN_RANGE = range(1, 101)
-_LOCK_DIR = Path(tempfile.gettempdir()) / 'sindyrl_ros_test_domains'
-
-
-class DomainLease:
-    """Exclusive use of one ROS_DOMAIN_ID on this machine until :meth:`release`."""
-
-    def __init__(self) -> None:
-        _LOCK_DIR.mkdir(exist_ok=True)
-        start = os.getpid() % len(_DOMAIN_RANGE)
-        for offset in range(len(_DOMAIN_RANGE)):
-            domain_id = _DOMAIN_RANGE[(start + offset) % len(_DOMAIN_RANGE)]
-            handle = open(_LOCK_DIR / f'{domain_id}.lock', 'w')  # noqa: SIM115
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            self.domain_id = domain_id
-            self._handle = handle
-            return
-        raise RuntimeError(f'all ROS domains {_DOMAIN_RANGE} are in use')
-
-    def release(self) -> None:
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
-
-
 def ros_environment(domain_id: int) -> dict[str, str]:
     """Environment of every process of the benchmark: its own domain, localhost only."""
-    env = dict(os.environ)
-    env['ROS_DOMAIN_ID'] = str(domain_id)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['PYTHONUNBUFFERED'] = '1'
+    env = localhost_environment(domain_id)
     env['PYTHONPATH'] = os.pathsep.join(
         [str(REPOSITORY), *filter(None, [os.environ.get('PYTHONPATH')])]
     )

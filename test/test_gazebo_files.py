@@ -10,12 +10,10 @@ test_launch_files.py does), including the order in which its processes start.
 """
 
 from pathlib import Path
-import runpy
-import sys
-import types
 import xml.etree.ElementTree as ElementTree
 
 import dm_control
+from launch_standins import Exited, run_launch_file
 import mujoco
 import numpy as np
 import pytest
@@ -333,101 +331,9 @@ def test_setup_installs_the_description_files():
 # ----------------------------------------------------------------------------- launch file
 
 
-class _Recorded:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _LaunchConfiguration:
-    def __init__(self, name):
-        self.name = name
-
-    def perform(self, context):
-        return context.launch_configurations[self.name]
-
-
-def _stub_launch_modules(created_nodes: list) -> dict[str, types.ModuleType]:
-    """Stand-ins for the launch / launch_ros APIs gazebo.launch.py uses, recording calls."""
-
-    class Node(_Recorded):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            created_nodes.append(self)
-
-    class DeclareLaunchArgument(_Recorded):
-        def __init__(self, name, **kwargs):
-            super().__init__(name, **kwargs)
-            self.name = name
-
-    class OnProcessExit(_Recorded):
-        def __init__(self, *, target_action, on_exit):
-            super().__init__(target_action=target_action, on_exit=on_exit)
-
-    names = [
-        'launch',
-        'launch.actions',
-        'launch.event_handlers',
-        'launch.launch_description_sources',
-        'launch.substitutions',
-        'launch_ros',
-        'launch_ros.actions',
-        'launch_ros.parameter_descriptions',
-        'launch_ros.substitutions',
-    ]
-    modules = {name: types.ModuleType(name) for name in names}
-    modules['launch'].LaunchDescription = lambda entities: list(entities)
-    actions = modules['launch.actions']
-    actions.DeclareLaunchArgument = DeclareLaunchArgument
-    actions.OpaqueFunction = lambda function: _Recorded(function=function)
-    for name in ('IncludeLaunchDescription', 'RegisterEventHandler', 'Shutdown', 'LogInfo'):
-        setattr(actions, name, type(name, (_Recorded,), {}))
-    modules['launch.event_handlers'].OnProcessExit = OnProcessExit
-    sources = modules['launch.launch_description_sources']
-    sources.PythonLaunchDescriptionSource = type('PythonLaunchDescriptionSource', (_Recorded,), {})
-    modules['launch.substitutions'].LaunchConfiguration = _LaunchConfiguration
-    modules['launch.substitutions'].PathJoinSubstitution = type(
-        'PathJoinSubstitution', (_Recorded,), {}
-    )
-    modules['launch_ros.actions'].Node = Node
-    modules['launch_ros.parameter_descriptions'].ParameterValue = type(
-        'ParameterValue', (_Recorded,), {}
-    )
-    modules['launch_ros.substitutions'].FindPackageShare = type(
-        'FindPackageShare', (_Recorded,), {}
-    )
-    for name in names:
-        parent, _, child = name.rpartition('.')
-        if parent:
-            setattr(modules[parent], child, modules[name])
-    return modules
-
-
-class _Exited:
-    """The event launch hands to an OnProcessExit callback."""
-
-    def __init__(self, returncode):
-        self.returncode = returncode
-
-
 def run_gazebo_launch(overrides: dict, monkeypatch):
     """Execute gazebo.launch.py; return (entities its OpaqueFunction made, created Nodes)."""
-    created: list = []
-    for name, module in _stub_launch_modules(created).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    description = runpy.run_path(str(LAUNCH_FILE))['generate_launch_description']()
-    values = {}
-    for argument in (entity for entity in description if hasattr(entity, 'name')):
-        values[argument.name] = overrides.get(argument.name, argument.kwargs.get('default_value'))
-        choices = argument.kwargs.get('choices')
-        assert choices is None or values[argument.name] in choices
-    assert None not in values.values()
-    context = types.SimpleNamespace(launch_configurations=values)
-    entities = []
-    for entity in description:
-        function = getattr(entity, 'kwargs', {}).get('function')
-        if function is not None:
-            entities += function(context)
-    return entities, created
+    return run_launch_file(LAUNCH_FILE, overrides, monkeypatch)
 
 
 def exit_handlers(entities) -> dict:
@@ -443,7 +349,7 @@ def exit_handlers(entities) -> dict:
 
 def on_exit(handlers: dict, node, returncode: int) -> list:
     callback = handlers[id(node)]
-    return list(callback(_Exited(returncode), None))
+    return list(callback(Exited(returncode), None))
 
 
 def only(nodes, package, executable):

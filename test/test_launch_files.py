@@ -10,10 +10,8 @@ declarations) is the real thing.
 import ast
 import importlib
 from pathlib import Path
-import runpy
-import sys
-import types
 
+from launch_standins import run_launch_file
 import pytest
 from test_package_structure import console_scripts, setup_arguments
 import yaml
@@ -24,71 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 
 
-class _Recorded:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _LaunchConfiguration:
-    def __init__(self, name):
-        self.name = name
-
-    def perform(self, context):
-        return context.launch_configurations[self.name]
-
-
-def _stub_launch_modules(created_nodes: list) -> dict[str, types.ModuleType]:
-    """Stand-ins for launch / launch_ros that record what a launch file creates."""
-
-    class Node(_Recorded):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            created_nodes.append(kwargs)
-
-    class DeclareLaunchArgument(_Recorded):
-        def __init__(self, name, **kwargs):
-            super().__init__(name, **kwargs)
-            self.name = name
-
-    modules = {
-        'launch': types.ModuleType('launch'),
-        'launch.actions': types.ModuleType('launch.actions'),
-        'launch.substitutions': types.ModuleType('launch.substitutions'),
-        'launch_ros': types.ModuleType('launch_ros'),
-        'launch_ros.actions': types.ModuleType('launch_ros.actions'),
-    }
-    modules['launch'].LaunchDescription = lambda entities: list(entities)
-    modules['launch.actions'].DeclareLaunchArgument = DeclareLaunchArgument
-    modules['launch.actions'].OpaqueFunction = lambda function: _Recorded(function=function)
-    modules['launch.actions'].IncludeLaunchDescription = _Recorded
-    modules['launch.actions'].GroupAction = _Recorded
-    modules['launch.substitutions'].LaunchConfiguration = _LaunchConfiguration
-    modules['launch_ros.actions'].Node = Node
-    return modules
-
-
-def run_launch_file(path: Path, overrides: dict[str, str], monkeypatch) -> list[dict]:
+def created_nodes(path: Path, overrides: dict[str, str], monkeypatch) -> list[dict]:
     """Execute a launch file with the given arguments; return the Node kwargs it created."""
-    created: list[dict] = []
-    for name, module in _stub_launch_modules(created).items():
-        monkeypatch.setitem(sys.modules, name, module)
-    description = runpy.run_path(str(path))['generate_launch_description']()
-    arguments = [entity for entity in description if hasattr(entity, 'name')]
-    values = {}
-    for argument in arguments:
-        default = argument.kwargs.get('default_value')
-        values[argument.name] = overrides.get(argument.name, default)
-        choices = argument.kwargs.get('choices')
-        if choices is not None:
-            assert values[argument.name] in choices, (argument.name, values[argument.name])
-    missing = [name for name, value in values.items() if value is None]
-    assert not missing, f'{path.name}: no value for launch arguments {missing}'
-    context = types.SimpleNamespace(launch_configurations=values)
-    for entity in description:
-        function = getattr(entity, 'kwargs', {}).get('function')
-        if function is not None:
-            function(context)
-    return created
+    _, created = run_launch_file(path, overrides, monkeypatch)
+    return [node.kwargs for node in created]
 
 
 def declared_parameters(executable: str) -> set[str]:
@@ -121,7 +58,7 @@ CASES = [
 def test_launch_file_nodes_exist_and_their_parameters_are_declared(
     launch_file, overrides, monkeypatch
 ):
-    created = run_launch_file(ROOT / 'launch' / launch_file, overrides, monkeypatch)
+    created = created_nodes(ROOT / 'launch' / launch_file, overrides, monkeypatch)
     assert created, f'{launch_file} starts no node'
     scripts = console_scripts(setup_arguments())
     for node in created:
@@ -167,7 +104,7 @@ def test_launch_files_take_nodes_from_the_graph_description(launch_file):
 
 @pytest.mark.parametrize('task', graph.TASKS)
 def test_launch_file_and_cli_start_the_same_nodes(task, monkeypatch, tmp_path):
-    created = run_launch_file(
+    created = created_nodes(
         ROOT / 'launch' / 'train.launch.py',
         {'task': task, 'backend': 'sim', 'run_dir': str(tmp_path)},
         monkeypatch,
@@ -175,8 +112,12 @@ def test_launch_file_and_cli_start_the_same_nodes(task, monkeypatch, tmp_path):
     arguments = cli.build_parser().parse_args(['train', '--task', task])
     specs = cli.training_specs(arguments, tmp_path)
     from_launch = [
-        (node['executable'], node['name'], [str(p) for p in node['parameters'][:-1]],
-         node['parameters'][-1])
+        (
+            node['executable'],
+            node['name'],
+            [str(p) for p in node['parameters'][:-1]],
+            node['parameters'][-1],
+        )
         for node in created
     ]
     from_cli = [
@@ -187,7 +128,7 @@ def test_launch_file_and_cli_start_the_same_nodes(task, monkeypatch, tmp_path):
 
 
 def test_deploy_launch_file_and_cli_start_the_same_nodes(monkeypatch):
-    created = run_launch_file(
+    created = created_nodes(
         ROOT / 'launch' / 'deploy.launch.py',
         {'task': 'pendulum', 'policy': '/tmp/policy.json'},
         monkeypatch,

@@ -7,52 +7,19 @@ separate OS processes that are always stopped, even when the test fails.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-# Fast DDS maps a domain id to UDP ports; 1..100 stays clear of the usual defaults (0).
-_DOMAIN_RANGE = range(1, 101)
-_LOCK_DIR = Path(tempfile.gettempdir()) / 'sindyrl_ros_test_domains'
-
-
-class DomainLease:
-    """Exclusive use of one ROS_DOMAIN_ID on this machine until `release()`."""
-
-    def __init__(self) -> None:
-        _LOCK_DIR.mkdir(exist_ok=True)
-        start = os.getpid() % len(_DOMAIN_RANGE)
-        for offset in range(len(_DOMAIN_RANGE)):
-            domain_id = _DOMAIN_RANGE[(start + offset) % len(_DOMAIN_RANGE)]
-            handle = open(_LOCK_DIR / f'{domain_id}.lock', 'w')  # noqa: SIM115
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            self.domain_id = domain_id
-            self._handle = handle
-            return
-        raise RuntimeError(f'all ROS domains {_DOMAIN_RANGE} are in use by other tests')
-
-    def release(self) -> None:
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
+from sindyrl_ros.ros_domains import DomainLease, localhost_environment  # noqa: F401
 
 
 def ros_environment(domain_id: int) -> dict[str, str]:
     """The environment for a process that joins the test's domain, localhost only."""
-    env = dict(os.environ)
-    env['ROS_DOMAIN_ID'] = str(domain_id)
-    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-    env['PYTHONUNBUFFERED'] = '1'
-    env.pop('ROS_LOCALHOST_ONLY', None)  # deprecated; conflicts with the range above
-    return env
+    return localhost_environment(domain_id)
 
 
 class NodeProcess:
