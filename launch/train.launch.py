@@ -17,8 +17,12 @@ def _nodes(context):
     task = LaunchConfiguration('task').perform(context)
     task_file = config or graph.task_config(task)
     run_dir = LaunchConfiguration('run_dir').perform(context) or None
+    port = LaunchConfiguration('port').perform(context) or None
     specs = graph.training_graph(
-        task_file, backend=LaunchConfiguration('backend').perform(context), run_dir=run_dir
+        task_file,
+        backend=LaunchConfiguration('backend').perform(context),
+        run_dir=run_dir,
+        port=port,
     )
     return ros_nodes(specs)
 
@@ -33,7 +37,12 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 'backend', default_value='sim', choices=list(graph.BACKENDS),
                 description='sim: embedded simulated plant (lockstep, sim time); '
-                'gazebo: plant from gazebo.launch.py',
+                'gazebo: plant from gazebo.launch.py; serial: a rig behind the serial bridge '
+                '(docs/rig_protocol.md, wall clock)',
+            ),
+            DeclareLaunchArgument(
+                'port', default_value='',
+                description="backend serial: the rig's serial device (default: the config's)",
             ),
             DeclareLaunchArgument(
                 'config', default_value='',

@@ -4,11 +4,16 @@
 separate processes with the same parameter files (both read sindyrl_ros.graph), shows the
 run's progress, stops everything cleanly on Ctrl-C or when the run is done, and prints a
 summary. It needs rclpy and the message packages, not `ros2 launch`.
+
+`sindyrl-ros train --backend serial --emulate` first starts the rig emulator (a simulated rig
+behind the serial protocol, on a pseudo-terminal) and points the serial bridge at it: the
+whole hardware path (protocol, bridge, wall clock, resets) without hardware.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -50,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         '--timeout', type=float, default=None,
         help='give up after this many seconds of wall time (default: no limit)',
+    )
+    train.add_argument(
+        '--port', default=None,
+        help="backend serial: the rig's serial device (default: the config's serial_bridge port)",
+    )
+    train.add_argument(
+        '--emulate', action='store_true',
+        help='backend serial: start the rig emulator (the task simulated behind the serial '
+        'protocol, on a pseudo-terminal) and train against it',
+    )
+    train.add_argument(
+        '--emulator-speed', type=float, default=1.0,
+        help='with --emulate: the emulated rig runs this many times faster than real time; '
+        'the nodes are told its control period is dt / speed (default: %(default)s)',
     )
 
     deploy = commands.add_parser(
@@ -234,12 +253,116 @@ def _describe(event: dict) -> str | None:
     return None
 
 
-def training_specs(arguments, run_dir: Path) -> list[graph.NodeSpec]:
+def training_specs(arguments, run_dir: Path, port: str | None = None) -> list[graph.NodeSpec]:
     """The training graph's processes for these command-line arguments."""
     return graph.training_graph(
         _task_file(arguments), backend=arguments.backend, run_dir=str(run_dir),
-        budget=arguments.budget,
+        budget=arguments.budget, port=port or getattr(arguments, 'port', None),
     )
+
+
+def _parameter_sections(task_file: Path) -> dict:
+    """``{section name: ros__parameters}`` of a parameter file."""
+    import yaml
+
+    document = yaml.safe_load(Path(task_file).read_text()) or {}
+    return {
+        name: (section or {}).get('ros__parameters', {}) or {}
+        for name, section in document.items()
+        if isinstance(section, dict)
+    }
+
+
+class EmulatedRig:
+    """The rig emulator as the run's serial rig: its own process, its port a link in run_dir.
+
+    At ``speed`` s > 1 the emulated rig samples every dt / s wall seconds, so the graph is
+    told exactly that: every node gets ``control_period`` dt / s, and the controller's soft
+    start is shortened s-fold, so what is counted in steps (episodes, trajectory gaps, the
+    soft start) stays as at real time.
+    """
+
+    def __init__(self, task_file: Path, run_dir: Path, speed: float, env: dict[str, str]):
+        if not (speed > 0 and speed < 1e6):
+            raise SystemExit(f'sindyrl-ros train: --emulator-speed {speed} is not positive')
+        sections = _parameter_sections(task_file)
+        shared = sections.get('/**', {})
+        self.task = shared.get('task')
+        if not self.task:
+            raise SystemExit(f'sindyrl-ros train: {task_file} names no task (/** task)')
+        try:
+            from sindyrl_ros.core.tasks import get_task
+
+            registered = get_task(self.task)
+        except KeyError:
+            raise SystemExit(
+                f'sindyrl-ros train: the rig emulator simulates registered tasks only, not '
+                f'{self.task!r}'
+            ) from None
+        self.control_period = float(shared.get('control_period') or registered.dt)
+        controller = dict(shared)
+        for name in ('controller', '/controller'):
+            controller.update(sections.get(name, {}))
+        self.soft_start_time = float(controller.get('soft_start_time', 0.5))
+        self.speed = float(speed)
+        self.port = run_dir / 'rig'
+        self.log_path = run_dir / 'logs' / 'rig_emulator.log'
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start the emulator, wait until its port is there; returns the port path."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, '-m', 'sindyrl_ros.rig_emulator', '--task', self.task,
+            '--link', str(self.port), '--speed', repr(self.speed),
+        ]
+        with open(self.log_path, 'wb') as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if 'rig emulator ready' in self.log_path.read_text(errors='replace'):
+                return str(self.port)
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(
+            'sindyrl-ros train: the rig emulator did not start:\n'
+            + self.log_path.read_text(errors='replace')[-2000:]
+        )
+
+    def adapt(self, specs: list[graph.NodeSpec]) -> list[graph.NodeSpec]:
+        """The graph told the emulated rig's control period (see the class docstring)."""
+        if self.speed == 1.0:
+            return specs
+        period = self.control_period / self.speed
+        adapted = []
+        for spec in specs:
+            parameters = dict(spec.parameters, control_period=period)
+            if spec.executable == 'controller':
+                parameters['soft_start_time'] = self.soft_start_time / self.speed
+            adapted.append(dataclasses.replace(spec, parameters=parameters))
+        return adapted
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for signum, wait in ((signal.SIGINT, 5.0), (signal.SIGKILL, 3.0)):
+            try:
+                os.killpg(self.process.pid, signum)
+                self.process.wait(wait)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def deploy_specs(arguments) -> list[graph.NodeSpec]:
@@ -251,12 +374,26 @@ def deploy_specs(arguments) -> list[graph.NodeSpec]:
 
 def train(arguments) -> int:
     task_file = _task_file(arguments)
+    if (arguments.emulate or arguments.port) and arguments.backend != 'serial':
+        raise SystemExit('sindyrl-ros train: --emulate and --port need --backend serial')
     stamp = time.strftime('%Y%m%d-%H%M%S')
     run_dir = (arguments.run_dir or Path('runs') / f'{arguments.task}-{stamp}').resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    specs = training_specs(arguments, run_dir)
+    environment = _environment(arguments)
+    emulator = None
+    port = None
+    if arguments.emulate:
+        emulator = EmulatedRig(task_file, run_dir, arguments.emulator_speed, environment)
+        port = emulator.start()
+        print(
+            f'sindyrl-ros train: rig emulator on {port} (task {emulator.task}, '
+            f'{arguments.emulator_speed:g} x real time)'
+        )
+    specs = training_specs(arguments, run_dir, port)
+    if emulator is not None:
+        specs = emulator.adapt(specs)
     shutil.copy(task_file, run_dir / 'config.yaml')
-    nodes = Graph(specs, run_dir / 'logs', _environment(arguments))
+    nodes = Graph(specs, run_dir / 'logs', environment)
     print(f'sindyrl-ros train: task {arguments.task}, backend {arguments.backend}')
     print(f'  parameters: {task_file}')
     print(f'  run directory: {run_dir} (node logs in {nodes.log_dir})')
@@ -296,11 +433,17 @@ def train(arguments) -> int:
             if arguments.timeout and time.monotonic() - started > arguments.timeout:
                 print(f'sindyrl-ros train: stopped after the {arguments.timeout:.0f} s timeout')
                 break
+            if emulator is not None and emulator.exited() is not None:
+                print('sindyrl-ros train: the rig emulator exited; its log:')
+                print('\n'.join(emulator.log_path.read_text(errors='replace').splitlines()[-15:]))
+                break
     except KeyboardInterrupt:
         print('\nsindyrl-ros train: interrupted, stopping the graph')
         outcome = 130
     finally:
         nodes.stop()
+        if emulator is not None:
+            emulator.stop()
     wall_time = time.monotonic() - started
     summary_path = run_dir / 'summary.json'
     if summary_path.exists():

@@ -18,9 +18,9 @@ import sys
 PACKAGE = 'sindyrl_ros'
 TASKS = ('pendulum', 'cartpole_swingup')
 # Where the plant is: the embedded gymnasium/MuJoCo simulator, Gazebo (gz_ros2_control), or a
-# physical rig behind the serial bridge. Training needs the plant's episode bookkeeping
-# (/sindyrl/episode, /plant/reset), which the serial bridge does not provide yet.
-BACKENDS = ('sim', 'gazebo')
+# rig behind the serial bridge (which also keeps the episodes and serves /plant/reset and
+# /plant/pause, as the simulated plant does).
+BACKENDS = ('sim', 'gazebo', 'serial')
 DEPLOY_BACKENDS = ('sim', 'gazebo', 'serial')
 # Sim time follows the backend: the simulators publish /clock, a real rig runs on wall time.
 USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False}
@@ -125,25 +125,31 @@ def _node(executable: str, files, parameters: dict) -> NodeSpec:
 
 
 def training_graph(
-    task_file: Path, backend: str = 'sim', run_dir: str | None = None, budget: int | None = None
+    task_file: Path,
+    backend: str = 'sim',
+    run_dir: str | None = None,
+    budget: int | None = None,
+    port: str | None = None,
 ) -> list[NodeSpec]:
     """The nodes that learn a controller on the plant given by `backend`.
 
     Parameters
     ----------
     task_file : path of the task's ROS parameter file (config/<task>.yaml or the user's own).
-    backend : 'sim' (embedded simulated plant, lockstep) or 'gazebo' (plant started by
-        gazebo.launch.py).
+    backend : 'sim' (embedded simulated plant, lockstep), 'gazebo' (plant started by
+        gazebo.launch.py) or 'serial' (a rig behind the serial bridge, on the wall clock).
     run_dir : where the MCAP log, models, policies and summary.json go (None: the file's value).
     budget : real training steps the run may use (None: the file's value).
+    port : serial device of the rig (backend 'serial'; None: the file's value).
     """
     _check(task_file, backend)
     sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
     learning = dict(sim_time, **({'run_dir': run_dir} if run_dir else {}))
     supervisor = dict(learning, **({'budget': int(budget)} if budget is not None else {}))
-    # Lockstep needs the controller to answer each observation; on a wall clock or a Gazebo
-    # clock it runs at its fixed control rate.
-    controller = dict(sim_time, trigger='observation' if backend == 'sim' else 'timer')
+    # Lockstep needs the controller to answer each observation, and so does a rig: it samples
+    # on its own timer, so its state rate is the control rate and each answer should reach
+    # it before its next sample. On a Gazebo clock the controller runs at its fixed rate.
+    controller = dict(sim_time, trigger='timer' if backend == 'gazebo' else 'observation')
     if backend == 'sim':
         # Soft start protects hardware from a jump at a policy swap; in simulation it would
         # only blur the first steps of each evaluation.
@@ -155,6 +161,13 @@ def training_graph(
         # anyone counts it.
         plant = dict(sim_time, mode='lockstep', start_paused=True)
         nodes.append(_node('plant', files, plant))
+    elif backend == 'serial':
+        # Held until the supervisor resumes it, and reset (homed) whenever the port opens, so
+        # the first episode starts from a reset like every other.
+        bridge = dict(sim_time, start_paused=True, reset_on_connect=True)
+        if port:
+            bridge['port'] = str(port)
+        nodes.append(_node('serial_bridge', files, bridge))
     nodes += [
         _node('sensor_ingestion', files, sim_time),
         _node('controller', files, controller),

@@ -4,11 +4,19 @@ It stands in for a microcontroller rig, so the serial bridge, the protocol and t
 be tested end to end without hardware: it creates a pseudo-terminal (or opens ``--port``),
 prints the path, and then behaves like firmware would:
 
-* every control period (the task's dt, on the wall clock) it applies the latest COMMAND
-  (the zero command, clipped into the limits, when there is none or it is older than
+* every control period (the task's dt on the wall clock, or dt / ``--speed``: a rig that
+  runs faster than real time, for tests and dry runs) it applies the latest COMMAND (the
+  zero command, clipped into the limits, when there is none or it is older than
   ``--command-timeout``), steps the environment and sends a STATE frame: per joint the
   position, velocity and applied effort, the sequence number of the applied command and
-  status flags (``COMMAND_TIMEOUT``, ``LIMIT``, ``HOST_LOST``, always ``SIMULATED``);
+  status flags (``COMMAND_TIMEOUT``, ``LIMIT``, ``HOST_LOST``, always ``SIMULATED``),
+  stamped with the scheduled sample time (a firmware samples on a timer interrupt);
+* RESET: the environment is reset with the next seed (``--seed`` + the number of resets
+  so far), the stored command is forgotten, ``--reset-periods`` STATEs of the held start
+  state flagged ``RESETTING`` stand for a homing routine, then one flagged
+  ``EPISODE_START``; both echo the RESET's sequence and ignore commands. A simulator has
+  no home position: a RESET with or without ``RANDOM_START`` starts from the
+  simulator's reset;
 * HEARTBEAT frames every ``--heartbeat-period``; ERROR frames for commands it refuses;
 * faults on demand: ``--latency`` (device -> host delay), ``--noise`` (sensor noise std),
   ``--drop-rate`` (frames never sent), ``--corrupt-rate`` (bytes replaced on the wire),
@@ -50,6 +58,7 @@ from sindyrl_ros.core.rig_protocol import (
     ErrorCode,
     FrameDecoder,
     Heartbeat,
+    Reset,
     State,
     StateFlag,
     encode,
@@ -214,6 +223,8 @@ class RigEmulator:
             'heartbeats_received': 0,
             'command_timeouts': 0,
             'resets': 0,
+            'host_resets': 0,
+            'commands_ignored': 0,
             'overruns': 0,
         }
         self._command = self.zero_command.copy()
@@ -224,13 +235,22 @@ class RigEmulator:
         self._heartbeat_sequence = 0
         self._last_error_at: dict[int, float] = {}
         self._outbox: deque[tuple[float, bytes]] = deque()  # (due time, frame)
+        # Host RESET: its sequence, RESETTING STATEs still to send, EPISODE_START still due.
+        self._reset_sequence: int | None = None
+        self._reset_left = 0
+        self._start_due = False
+        self.period = task.dt / options.speed  # wall seconds per control period
         self._record = open(options.record, 'w') if options.record else None  # noqa: SIM115
         self._start_ns = time.monotonic_ns()
 
     # ------------------------------------------------------------------ clocks
 
     def device_time_us(self, now_ns: int) -> int:
-        """The rig's clock: µs since start-up, running fast or slow by --clock-drift-ppm."""
+        """The rig's clock: µs since start-up, running fast or slow by --clock-drift-ppm.
+
+        It is a wall clock also under ``--speed``: the rig then simply has a shorter
+        control period (dt / speed), which the host is told (its ``control_period``).
+        """
         elapsed_us = (now_ns - self._start_ns) / 1000.0
         return int(elapsed_us * (1.0 + self.options.clock_drift_ppm * 1e-6))
 
@@ -270,8 +290,34 @@ class RigEmulator:
             elif isinstance(message, Heartbeat):
                 self.stats['heartbeats_received'] += 1
                 self._host_heartbeat_at = now
+            elif isinstance(message, Reset):
+                self._on_reset(message)
+
+    @property
+    def resetting(self) -> bool:
+        """Between a RESET and its EPISODE_START STATE: commands are ignored."""
+        return self._reset_left > 0 or self._start_due
+
+    def _on_reset(self, reset: Reset) -> None:
+        """Start a new episode from the simulator's reset (the next seed)."""
+        if reset.sequence == self._reset_sequence:
+            return  # the host repeats a RESET whose answer it has not seen yet
+        self._reset_sequence = reset.sequence
+        self.stats['host_resets'] += 1
+        observation, _ = self.env.reset(seed=self.options.seed + self.stats['host_resets'])
+        self.observation = np.asarray(observation, dtype=np.float64)
+        # A command sent before the reset must never move the rig after it.
+        self._command = self.zero_command.copy()
+        self._command_sequence = 0
+        self._command_at = -math.inf
+        self._command_clipped = False
+        self._reset_left = self.options.reset_periods
+        self._start_due = self._reset_left == 0
 
     def _on_command(self, command: Command, now: float) -> None:
+        if self.resetting:
+            self.stats['commands_ignored'] += 1
+            return
         values = np.asarray(command.values, dtype=np.float64)
         if command.mode != CommandMode.EFFORT:
             self.stats['commands_refused'] += 1
@@ -295,25 +341,39 @@ class RigEmulator:
 
     # ------------------------------------------------------------------ the control period
 
-    def step(self, now: float) -> State:
-        """Apply the latest command for one period, step the physics, send the STATE."""
+    def step(self, now: float, sample_time: float | None = None) -> State:
+        """Apply the latest command for one period, step the physics, send the STATE.
+
+        ``sample_time`` is the scheduled time of this period (monotonic seconds), which
+        stamps the STATE; ``now`` by default. While resetting, the held start state is sent.
+        """
         flags = StateFlag.SIMULATED
-        if now - self._command_at > self.options.command_timeout:
-            action, sequence = self.zero_command, 0
-            flags |= StateFlag.COMMAND_TIMEOUT
-            self.stats['command_timeouts'] += 1
-        else:
-            action, sequence = self._command, self._command_sequence
-            if self._command_clipped:
-                flags |= StateFlag.LIMIT
         if now - self._host_heartbeat_at > self.options.host_timeout:
             flags |= StateFlag.HOST_LOST
-        observation, _, terminated, _, _ = self.env.step(action.copy())
-        self.stats['steps'] += 1
-        if terminated:  # a rig's operator puts it back; truncation means nothing here
-            observation, _ = self.env.reset()
-            self.stats['resets'] += 1
-        self.observation = np.asarray(observation, dtype=np.float64)
+        if self.resetting:
+            action, sequence = self.zero_command, self._reset_sequence
+            if self._reset_left > 0:
+                flags |= StateFlag.RESETTING
+                self._reset_left -= 1
+                self._start_due = self._reset_left == 0
+            else:
+                flags |= StateFlag.EPISODE_START
+                self._start_due = False
+        else:
+            if now - self._command_at > self.options.command_timeout:
+                action, sequence = self.zero_command, 0
+                flags |= StateFlag.COMMAND_TIMEOUT
+                self.stats['command_timeouts'] += 1
+            else:
+                action, sequence = self._command, self._command_sequence
+                if self._command_clipped:
+                    flags |= StateFlag.LIMIT
+            observation, _, terminated, _, _ = self.env.step(action.copy())
+            self.stats['steps'] += 1
+            if terminated:  # a rig's operator puts it back; truncation means nothing here
+                observation, _ = self.env.reset()
+                self.stats['resets'] += 1
+            self.observation = np.asarray(observation, dtype=np.float64)
         o = self.observation
         positions = np.array(
             [math.atan2(o[s[0]], o[s[1]]) if len(s) == 2 else o[s[0]] for s in self._positions]
@@ -323,8 +383,9 @@ class RigEmulator:
             positions += self.rng.normal(0.0, self.options.noise, positions.shape)
             velocities += self.rng.normal(0.0, self.options.noise, velocities.shape)
         efforts = [0.0 if i is None else float(action[i]) for i in self._efforts]
+        sample_time = now if sample_time is None else sample_time
         state = State(
-            device_time_us=self.device_time_us(time.monotonic_ns()),
+            device_time_us=self.device_time_us(int(sample_time * 1e9)),
             positions=tuple(positions),
             velocities=tuple(velocities),
             efforts=tuple(efforts),
@@ -360,7 +421,7 @@ class RigEmulator:
         """
         unplug = unplug or threading.Event()
         options = self.options
-        dt = self.task.dt
+        dt = self.period
         start = time.monotonic()
         next_step = start + dt
         next_heartbeat = start
@@ -375,7 +436,11 @@ class RigEmulator:
                 if now >= end:
                     return why
             if now >= next_step:
-                self.step(now)
+                # What came in before this sample is the firmware's already (a UART
+                # interrupt takes bytes as they arrive): read it before applying a command,
+                # so that this process being late does not make the host's answer late.
+                self._drain()
+                self.step(now, next_step)
                 next_step += dt
                 if now - next_step > 5 * dt:  # far behind (machine stalled): skip, count
                     self.stats['overruns'] += 1
@@ -401,6 +466,14 @@ class RigEmulator:
                     self._receive(data, time.monotonic())
         return 'stopped'
 
+    def _drain(self) -> None:
+        """Take every byte waiting on the port, without blocking."""
+        while select.select([self.port.fileno()], [], [], 0.0)[0]:
+            data = self.port.read()
+            if not data:
+                return
+            self._receive(data, time.monotonic())
+
     def close(self) -> None:
         if self._record is not None:
             self._record.close()
@@ -421,6 +494,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _periods(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text} is not a whole number of periods >= 1')
+    return value
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -433,7 +513,8 @@ def build_parser(prog: str = 'rig-emulator') -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Emulate a microcontroller rig: a task's physics behind the sindyrl_ros "
-        'rig protocol on a pseudo-terminal (or --port), in real time.',
+        'rig protocol on a pseudo-terminal (or --port), in real time (or --speed times '
+        'faster).',
     )
     parser.add_argument('--task', default='pendulum', help='task name (core.tasks.TASKS)')
     parser.add_argument(
@@ -447,7 +528,26 @@ def build_parser(prog: str = 'rig-emulator') -> argparse.ArgumentParser:
         help='also make this path a symlink to the port (replaced atomically; removed at '
         'exit): a stable name for the bridge, like /dev/serial/by-id/...',
     )
-    parser.add_argument('--seed', type=int, default=0, help='physics reset and fault seed')
+    parser.add_argument(
+        '--seed',
+        type=int,
+        default=0,
+        help='physics reset and fault seed; the k-th RESET from the host uses seed + k',
+    )
+    parser.add_argument(
+        '--speed',
+        type=_positive,
+        default=1.0,
+        help='run the physics this many times faster than real time: one step every '
+        'dt / speed wall seconds (tell the host: its control_period is then dt / speed)',
+    )
+    parser.add_argument(
+        '--reset-periods',
+        type=_periods,
+        default=10,
+        help='control periods a RESET takes (the homing routine of a real rig): that many '
+        'RESETTING STATEs before the EPISODE_START one (default: %(default)s)',
+    )
     parser.add_argument(
         '--command-timeout',
         type=_positive,
@@ -554,7 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.link:
         _make_link(options.link, port.path)
     print(
-        f'rig emulator ready: task {task.name}, dt {task.dt} s, port {port.path}'
+        f'rig emulator ready: task {task.name}, dt {task.dt} s, '
+        f'control period {emulator.period:.6g} s (speed {options.speed:g}), port {port.path}'
         + (f' (link {options.link})' if options.link else ''),
         flush=True,
     )

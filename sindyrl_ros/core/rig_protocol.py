@@ -44,11 +44,13 @@ __all__ = [
     'MessageType',
     'CommandMode',
     'StateFlag',
+    'ResetFlag',
     'ErrorCode',
     'State',
     'Command',
     'Heartbeat',
     'Error',
+    'Reset',
     'Message',
     'FrameError',
     'Drop',
@@ -92,6 +94,7 @@ _STATE = struct.Struct('<QIHBB')  # device_time_us, command_sequence, flags, joi
 _COMMAND = struct.Struct('<IBB')  # sequence, mode, count
 _HEARTBEAT = struct.Struct('<IQ')  # sequence, time_us
 _ERROR = struct.Struct('<HB')  # code, text length
+_RESET = struct.Struct('<IB')  # sequence, flags
 _U8, _U16, _U32, _U64 = 0xFF, 0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -100,6 +103,7 @@ class MessageType(enum.IntEnum):
     COMMAND = 0x02  # host -> rig
     HEARTBEAT = 0x03  # both ways
     ERROR = 0x04  # rig -> host (a host may send it too)
+    RESET = 0x05  # host -> rig: start a new episode (answered by STATE flags)
 
 
 class CommandMode(enum.IntEnum):
@@ -118,6 +122,17 @@ class StateFlag(enum.IntFlag):
     LIMIT = 0x0004  # a command was clipped to the rig's own limits
     HOST_LOST = 0x0008  # no host HEARTBEAT within the rig's host timeout
     SIMULATED = 0x0010  # the data come from an emulator, not hardware
+    # command_sequence of these two STATEs echoes the RESET's sequence (no command applied).
+    EPISODE_START = 0x0020  # the first state after a RESET: the rig is at its start state
+    RESETTING = 0x0040  # the rig runs its reset (homing) routine; commands are ignored
+
+
+class ResetFlag(enum.IntFlag):
+    """Bits of RESET.flags; bits not listed are reserved: sent as 0, ignored on receipt."""
+
+    # Start from a random state drawn by the rig (as a simulator's reset does); without it
+    # the rig goes to its home state, at rest (a pendulum hanging down).
+    RANDOM_START = 0x01
 
 
 class ErrorCode(enum.IntEnum):
@@ -254,7 +269,29 @@ class Error:
         return cls(code, data.decode('utf-8', errors='ignore'))
 
 
-Message = State | Command | Heartbeat | Error
+@dataclass(frozen=True)
+class Reset:
+    """End the episode and bring the rig to a start state (host -> rig).
+
+    Attributes
+    ----------
+    sequence : int
+        Taken from the COMMAND sequence (u32, the host's one counter for both): the rig
+        echoes it in ``STATE.command_sequence`` while ``RESETTING`` and in the
+        ``EPISODE_START`` STATE, so the host knows which RESET a STATE answers.
+    flags : int
+        :class:`ResetFlag` bits (u8).
+    """
+
+    sequence: int
+    flags: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'sequence', _unsigned(self.sequence, _U32, 'RESET.sequence'))
+        object.__setattr__(self, 'flags', _unsigned(self.flags, _U8, 'RESET.flags'))
+
+
+Message = State | Command | Heartbeat | Error | Reset
 
 
 # --------------------------------------------------------------------------- CRC and COBS
@@ -346,6 +383,8 @@ def _body(message: Message) -> tuple[int, bytes]:
     if isinstance(message, Error):
         text = message.text.encode('utf-8')
         return MessageType.ERROR, _ERROR.pack(message.code, len(text)) + text
+    if isinstance(message, Reset):
+        return MessageType.RESET, _RESET.pack(message.sequence, message.flags)
     raise TypeError(f'not a rig protocol message: {type(message).__name__}')
 
 
@@ -409,6 +448,9 @@ def _parse(kind: int, body: bytes) -> Message:
         except UnicodeDecodeError as error:
             raise FrameError('field', f'ERROR text is not UTF-8 ({error.reason})') from None
         return Error(code, text)
+    if kind == MessageType.RESET:
+        _expect_size('RESET', size, _RESET.size)
+        return Reset(*_RESET.unpack(body))
     raise FrameError('unknown_type', f'message type 0x{kind:02x}')
 
 

@@ -18,10 +18,40 @@ versioned protocol of :mod:`sindyrl_ros.core.rig_protocol` (``docs/rig_protocol.
   closed, or no valid frame came for ``link_timeout``, /diagnostics reports ERROR and no
   joint states are published, so the controller's watchdog switches to its safe command;
   the rig's own command timeout stops the actuators.
+
+For a training run it is also the plant the run supervisor drives (the simulated plant's
+interface, for a rig that cannot stop time):
+
+* ``/plant/reset`` (std_srvs/Trigger) ends the episode and sends RESET; the answer comes
+  once the rig's ``EPISODE_START`` STATE arrived (or fails after ``reset_timeout``). While
+  the rig resets (``RESETTING`` STATEs: a homing routine) nothing is published and
+  controller commands are dropped. With ``reset_each_episode`` the bridge also resets the
+  rig after every episode, as the simulated plant resets its environment.
+* ``/plant/pause`` (std_srvs/SetBool) holds the rig: the bridge sends the zero command
+  itself at every STATE, drops the controller's commands and publishes no joint states
+  (so nobody records transitions the controller did not drive); paused steps are no
+  episode steps. ``start_paused`` starts held, ``reset_on_connect`` resets the rig each
+  time the port opens, so a run's first episode starts from a reset like every other.
+* ``/sindyrl/episode`` (String JSON, as the simulated plant's) and ``/sindyrl/reward``
+  (the task's reward of each step, stamped with the state it started from): a step is
+  two consecutive published STATEs, its action the command the rig echoes as applied;
+  its reward needs the two observations, read from ``/sindyrl/observation``, and its
+  mode is the controller's (``frame_id`` of ``/sindyrl/action``). The accounting itself
+  is :class:`sindyrl_ros.core.episode_ledger.EpisodeLedger`. ``stale_command_steps``
+  counts steps the rig took with a command that did not answer the state they started
+  from: the controller's answer came later than the rig's next sample (the real-time
+  contract was missed; a warning when more than a tenth of the last 200 steps did).
+  ``answer_latency_ms`` / ``answer_latency_max_ms`` (last, and worst of the last 200) are
+  the times from publishing a joint state to receiving the command that answers it.
+
+Commands that answer a state from before the last pause, reset or reconnection are dropped
+(``stale_commands``): they must not move the rig in the new episode.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
+import json
 import math
 import sys
 import threading
@@ -31,9 +61,12 @@ import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
 
+from sindyrl_ros.core.episode_ledger import EpisodeLedger
 from sindyrl_ros.core.rig_protocol import (
     DROP_REASONS,
     Command,
@@ -42,6 +75,8 @@ from sindyrl_ros.core.rig_protocol import (
     Error,
     FrameDecoder,
     Heartbeat,
+    Reset,
+    ResetFlag,
     State,
     StateFlag,
     encode,
@@ -51,12 +86,18 @@ from sindyrl_ros.nodes.common import (
     SENSOR_QOS,
     SHARED_PARAMETERS,
     Diagnostics,
+    MessageError,
     ParamSpec,
     check_parameter_files,
+    command_stamp_ns,
     configuration_error,
     declare_parameters,
     ns_to_stamp,
+    read_vector,
     run_node,
+    stamp_to_ns,
+    task_from_parameters,
+    vector_message,
 )
 
 BRIDGE_PARAMETERS = [
@@ -147,6 +188,55 @@ BRIDGE_PARAMETERS = [
         read_only=True,
     ),
     ParamSpec(
+        'start_paused',
+        False,
+        'Start held, as after /plant/pause true (a run supervisor resumes the rig when it '
+        'is ready, so no real step is taken before anyone counts it)',
+        read_only=True,
+    ),
+    ParamSpec(
+        'reset_on_connect',
+        False,
+        'Reset the rig (RESET) each time the port opens: the first episode starts from a '
+        'reset like every other',
+        read_only=True,
+    ),
+    ParamSpec(
+        'reset_each_episode',
+        True,
+        'Reset the rig after every episode of episode_length steps, as the simulated plant '
+        'resets its environment; false: the next episode goes on from where this one ended',
+        read_only=True,
+    ),
+    ParamSpec(
+        'reset_start',
+        'random',
+        'Start state a RESET asks for: random (drawn by the rig, as a simulator resets; '
+        'RANDOM_START) or home (the rig at rest, e.g. the pole hanging down)',
+        read_only=True,
+        choices=('random', 'home'),
+    ),
+    ParamSpec(
+        'reset_timeout',
+        8.0,
+        'Seconds a reset may take (homing included) before /plant/reset fails; keep it '
+        "below the run supervisor's service_timeout",
+        range=(0.01, 3600.0),
+    ),
+    ParamSpec(
+        'reset_retry',
+        0.25,
+        'Seconds without any sign of a RESET being served before it is sent again',
+        range=(0.001, 60.0),
+    ),
+    ParamSpec(
+        'observation_wait',
+        1.0,
+        'Seconds a step waits for its observations (/sindyrl/observation) before its reward '
+        'counts as missing',
+        range=(0.001, 3600.0),
+    ),
+    ParamSpec(
         'diagnostics_period',
         1.0,
         'Seconds between /diagnostics messages',
@@ -166,10 +256,44 @@ _MODES = {
 }
 _STATE_REJECTS = ('state_joint_count', 'state_nonfinite', 'state_out_of_order')
 _COMMAND_REJECTS = ('command_length', 'command_nonfinite')
+_OBSERVATION_REJECTS = tuple(
+    f'observation_{reason}'
+    for reason in ('length_mismatch', 'duplicate_name', 'missing_name', 'nonfinite')
+)
+# Episode records are a log: a supervisor that joins late still gets the recent ones (the
+# simulated plant's QoS for the same topic).
+EPISODE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+# Every observation scores a step: a deep queue rides out a busy executor.
+LEDGER_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.RELIABLE
+)
+# Commands remembered by sequence number, to know what the rig applied at each STATE.
+_SENT_COMMANDS = 256
+# Steps over which the share of stale-command steps is judged.
+_REAL_TIME_WINDOW = 200
+
+
+class _ResetRequest:
+    """A RESET in flight: the sequence it was sent with and how the rig answered."""
+
+    def __init__(self, sequence: int, flags: int, now: float) -> None:
+        self.sequence = sequence
+        self.flags = flags
+        self.started = now
+        self.sent_at = now
+        self.acknowledged = False  # a RESETTING or EPISODE_START STATE echoed the sequence
+        self.done = threading.Event()
+        self.ok = False
+        self.message = ''
 
 
 class SerialBridgeNode(Node):
-    """The rig behind a serial port as /joint_states and a command topic (module docstring)."""
+    """The rig behind a serial port as a robot and, for training, a plant (module docstring)."""
 
     def __init__(self) -> None:
         super().__init__('serial_bridge')
@@ -188,6 +312,7 @@ class SerialBridgeNode(Node):
         self._zero_command = np.clip(
             np.zeros(self.command_low.size), self.command_low, self.command_high
         )
+        self._ledger = self._make_ledger()
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
         # Every counter exists from the start: the reader thread only changes values, so
@@ -197,14 +322,30 @@ class SerialBridgeNode(Node):
             'frames',
             'states_published',
             'states_warmup',
+            'states_paused',
+            'states_resetting',
             'heartbeats_received',
             'device_errors',
             'device_restarts',
             'commands_sent',
             'commands_not_sent',
             'clipped_commands',
+            'commands_while_paused',
+            'commands_while_resetting',
+            'stale_commands',
             'heartbeats_sent',
             'write_failures',
+            'pauses',
+            'resets',
+            'resets_failed',
+            'reset_resends',
+            'episode_starts_missed',
+            'steps',
+            'episodes',
+            'missed_states',
+            'stale_command_steps',
+            'unknown_applied_commands',
+            'missing_rewards',
         ):
             self.diagnostics.counters[key] = 0
         for reason in (
@@ -212,6 +353,7 @@ class SerialBridgeNode(Node):
             + ['frame_unexpected_type']
             + list(_STATE_REJECTS)
             + list(_COMMAND_REJECTS)
+            + list(_OBSERVATION_REJECTS)
         ):
             self.diagnostics.counters[f'rejected.{reason}'] = 0
         for key, value in (
@@ -221,6 +363,13 @@ class SerialBridgeNode(Node):
             ('device_flags', 'none'),
             ('command_round_trip_ms', 'unknown'),
             ('last_device_error', 'none'),
+            ('paused', p.start_paused),
+            ('resetting', False),
+            ('episode', 1),
+            ('episode_step', 0),
+            ('last_return', 'none'),
+            ('answer_latency_ms', 'unknown'),
+            ('answer_latency_max_ms', 'unknown'),
         ):
             self.diagnostics.set(key, value)
         self.diagnostics.errors['link'] = f'port {p.port} not open yet'
@@ -230,6 +379,18 @@ class SerialBridgeNode(Node):
             Float64MultiArray, f'/{p.controller_name}/commands', self._on_command, RELIABLE_QOS
         )
         self._commands_topic = commands.topic_name
+        # The simulated plant's interface for a run supervisor (relative names: /plant/...).
+        self.create_service(Trigger, 'plant/reset', self._on_reset)
+        self.create_service(SetBool, 'plant/pause', self._on_pause)
+        if self._ledger is not None:
+            self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+            self._reward_publisher = self.create_publisher(
+                JointState, 'sindyrl/reward', RELIABLE_QOS
+            )
+            self.create_subscription(
+                JointState, 'sindyrl/observation', self._on_observation, LEDGER_QOS
+            )
+            self.create_subscription(JointState, 'sindyrl/action', self._on_action, LEDGER_QOS)
 
         # Shared with the reader thread (plain attribute writes; the GIL orders them).
         self._serial = None
@@ -237,25 +398,47 @@ class SerialBridgeNode(Node):
         self._port_error = 'not opened yet'
         self._last_frame_at: float | None = None
         self._link = 'disconnected'
-        self._command_sequence = 0
+        self._command_sequence = 0  # COMMAND and RESET share it (the rig echoes both)
         self._heartbeat_sequence = 0
+        self._next_heartbeat = 0.0
         self._sent_at: dict[int, float] = {}  # command sequence -> monotonic send time
         self._sent_lock = threading.Lock()
         self._device_clock = DeviceClock(p.clock_slew_ppm)
         self._last_device_us: int | None = None
         self._last_stamp_ns = -1
         self._device_flags = 0
+        # Plant state, shared by the reader thread and the executor: under _lock.
+        self._lock = threading.RLock()
+        self._paused = p.start_paused
+        self._paused_at = time.monotonic()
+        self._reset: _ResetRequest | None = None
+        # Sequence -> (values applied, stamp of the observation answered or None).
+        self._sent: OrderedDict[int, tuple[np.ndarray, int | None]] = OrderedDict()
+        self._previous: tuple[int, int] | None = None  # last published (stamp ns, device µs)
+        self._restart = True  # the next published state follows a pause, reset or reconnect
+        self._command_floor_ns: float = math.inf  # older answers are stale
+        self._real_time_window = (0, 0)  # (steps, stale_command_steps) at its start
+        # Stamp -> monotonic time each joint state was published, and the recent times from
+        # there to the command answering it (the host's share of the real-time contract).
+        self._published_at: OrderedDict[int, float] = OrderedDict()
+        self._answer_latencies: deque[float] = deque(maxlen=_REAL_TIME_WINDOW)
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name='rig_reader', daemon=True)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(p.heartbeat_period, self._send_heartbeat, clock=steady)
         self.create_timer(min(0.05, p.link_timeout / 4.0), self._watch_link, clock=steady)
         self._reader.start()
+        episodes = (
+            f', episodes of {self._ledger.episode_length} steps'
+            + (' (reset after each)' if p.reset_each_episode else '')
+            if self._ledger is not None
+            else ''
+        )
         self.get_logger().info(
             f'serial bridge: port {p.port} at {p.baud} baud, joints {self.joint_names}, '
             f'{p.command_mode} commands from {self._commands_topic} in '
-            f'[{self.command_low.tolist()}, {self.command_high.tolist()}]'
+            f'[{self.command_low.tolist()}, {self.command_high.tolist()}]{episodes}'
+            + (', paused until /plant/pause false' if self._paused else '')
         )
 
     def _command_limits(self) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +461,30 @@ class SerialBridgeNode(Node):
         if np.any(low >= high):
             raise configuration_error(self, 'command_low', 'must be below command_high')
         return low, high
+
+    def _make_ledger(self) -> EpisodeLedger | None:
+        """Episode accounting for the task's reward, or None for a bare driver (no task)."""
+        p = self.parameters
+        self.observation_names: list[str] = []
+        self._period_us = p.control_period * 1e6
+        if not p.task:
+            return None
+        task = task_from_parameters(self, p)
+        if task.action_dim != self.command_low.size:
+            raise configuration_error(
+                self,
+                'command_low',
+                f'{self.command_low.size} channels for task {task.name} '
+                f'actions {list(task.action_names)}',
+            )
+        self.observation_names = list(task.observation_names)
+        self._period_us = task.dt * 1e6
+        try:
+            reward = task.reward_function()
+        except ValueError as error:  # a learned reward: only the plant's sensors know it
+            self.get_logger().warning(f'episode returns are not computed: {error}')
+            reward = None
+        return EpisodeLedger(reward, task.episode_length, task.name, p.observation_wait)
 
     # ------------------------------------------------------------------ port (reader thread)
 
@@ -303,17 +510,22 @@ class SerialBridgeNode(Node):
             except Exception:  # noqa: BLE001 - a vanished device may fail to close
                 pass
         self._port_error = reason
+        with self._lock:
+            self._restart_chain()
 
     def _read_loop(self) -> None:
         """Open the port (backing off while it fails), read and decode until stopped.
 
         The wait before reopening doubles from ``reconnect_min`` to ``reconnect_max`` while
         attempts fail, and starts again from ``reconnect_min`` once a valid frame arrived.
+        Heartbeats and RESET retries go out from here too: a reset service call may hold
+        the executor while the rig homes.
         """
         p = self.parameters
         backoff = p.reconnect_min
         port = decoder = None
         while not self._stop.is_set():
+            self._watch_reset()
             if self._serial is None:
                 try:
                     port = self._open()
@@ -334,6 +546,13 @@ class SerialBridgeNode(Node):
                         pass
                 self.diagnostics.increment('connects')
                 self.get_logger().info(f'port {p.port} open')
+                with self._lock:
+                    self._restart_chain()
+                    if p.reset_on_connect:
+                        self._start_reset('port opened')
+            if time.monotonic() >= self._next_heartbeat:
+                self._next_heartbeat = time.monotonic() + p.heartbeat_period
+                self._send_heartbeat()
             try:
                 data = port.read(port.in_waiting or 1)
             except Exception as error:  # noqa: BLE001 - SerialException, OSError (EIO)
@@ -386,6 +605,8 @@ class SerialBridgeNode(Node):
                 self.diagnostics.increment('device_restarts')
                 self.get_logger().warning('rig clock went back: rig restarted')
                 self._device_clock.reset()
+                with self._lock:
+                    self._restart_chain()
             else:
                 self.diagnostics.reject(
                     'state_out_of_order',
@@ -402,8 +623,12 @@ class SerialBridgeNode(Node):
         if sent_at is not None:
             round_trip = (time.monotonic() - sent_at) * 1e3
             self.diagnostics.set('command_round_trip_ms', f'{round_trip:.2f}')
+        # Every valid STATE moves the reset along, warm-up ones included.
+        in_episode = self._follow_reset(state)
         if self._device_clock.samples <= self.parameters.clock_warmup:
             self.diagnostics.increment('states_warmup')
+            with self._lock:
+                self._previous = None
             return
         if stamp_ns <= self._last_stamp_ns:
             self.diagnostics.reject(
@@ -411,13 +636,235 @@ class SerialBridgeNode(Node):
             )
             return
         self._last_stamp_ns = stamp_ns
-        message = JointState(name=self.joint_names)
-        message.header.stamp = ns_to_stamp(stamp_ns)
-        message.position = list(state.positions)
-        message.velocity = list(state.velocities)
-        message.effort = list(state.efforts)
-        self._joint_publisher.publish(message)
-        self.diagnostics.increment('states_published')
+        with self._lock:
+            if not in_episode:
+                self.diagnostics.increment('states_resetting')
+                self._previous = None
+                return
+            if self._paused:
+                # A rig cannot stop time: it gets the zero command and nobody sees it move.
+                self.diagnostics.increment('states_paused')
+                self._previous = None
+                self._send_command(self._zero_command, None)
+                return
+            complete = self._count_step(state, stamp_ns)
+            message = JointState(name=self.joint_names)
+            message.header.stamp = ns_to_stamp(stamp_ns)
+            message.position = list(state.positions)
+            message.velocity = list(state.velocities)
+            message.effort = list(state.efforts)
+            self._joint_publisher.publish(message)
+            self.diagnostics.increment('states_published')
+            self._published_at[stamp_ns] = time.monotonic()
+            if len(self._published_at) > 64:
+                self._published_at.popitem(last=False)
+            if complete and self.parameters.reset_each_episode:
+                self._start_reset('episode end')
+
+    # ------------------------------------------------------------------ plant (both threads)
+
+    def _restart_chain(self) -> None:
+        """After a pause, reset or reconnection: no step spans it, older answers are stale."""
+        self._restart = True
+        self._previous = None
+        self._command_floor_ns = math.inf
+
+    def _count_step(self, state: State, stamp_ns: int) -> bool:
+        """Count the step that ends at this published state; True when it ends an episode."""
+        if self._restart:
+            self._restart = False
+            self._command_floor_ns = stamp_ns
+        previous, self._previous = self._previous, (stamp_ns, state.device_time_us)
+        if previous is None or self._ledger is None:
+            return False
+        elapsed_us = state.device_time_us - previous[1]
+        if self._period_us > 0 and elapsed_us > 1.5 * self._period_us:
+            # STATEs lost on the way: the rig stepped all the same.
+            missed = max(0, round(elapsed_us / self._period_us) - 1)
+            self._ledger.add_missed(missed)
+            self.diagnostics.increment('missed_states', missed)
+            return False
+        action, answered = self._applied(state.command_sequence)
+        if answered != previous[0]:
+            self.diagnostics.increment('stale_command_steps')
+        self.diagnostics.increment('steps')
+        complete = self._ledger.add_step(previous[0], stamp_ns, action, answered, time.monotonic())
+        if complete:
+            self.diagnostics.increment('episodes')
+        self.diagnostics.set('episode', self._ledger.episode_number)
+        self.diagnostics.set('episode_step', self._ledger.episode_steps)
+        return complete
+
+    def _applied(self, sequence: int) -> tuple[np.ndarray, int | None]:
+        """The command the rig applied (its echo) and the observation stamp it answered."""
+        if sequence == 0:
+            return self._zero_command, None  # the rig's own safe command
+        with self._sent_lock:
+            sent = self._sent.get(sequence)
+        if sent is None:
+            self.diagnostics.increment('unknown_applied_commands')
+            return self._zero_command, None
+        return sent
+
+    def _follow_reset(self, state: State) -> bool:
+        """Advance the reset in flight with this STATE; False while it is not an episode's."""
+        resetting = bool(state.flags & StateFlag.RESETTING)
+        start = bool(state.flags & StateFlag.EPISODE_START)
+        with self._lock:
+            request = self._reset
+            if request is None:
+                if resetting or start:
+                    # Reset by the rig itself (an operator's button) or late for our timeout.
+                    if self._ledger is not None:
+                        self._ledger.end_episode('reset')
+                    self._restart_chain()
+                return not resetting
+            if state.command_sequence == request.sequence and (resetting or start):
+                request.acknowledged = True
+                if start:
+                    self._finish_reset(request, True, 'the rig is at its start state')
+                return start
+            if request.acknowledged and not (resetting or start):
+                # Its EPISODE_START frame was lost: the rig runs the new episode already.
+                self.diagnostics.increment('episode_starts_missed')
+                self._finish_reset(request, True, 'the rig runs again (EPISODE_START lost)')
+                return True
+            return False  # a state from before the rig took up this RESET
+
+    def _start_reset(self, cause: str) -> _ResetRequest:
+        """End the episode and send RESET (or join the reset already in flight)."""
+        with self._lock:
+            if self._ledger is not None:
+                self._ledger.end_episode('reset')  # nothing when it just ended
+            self._restart_chain()
+            if self._reset is not None:
+                return self._reset
+            flags = ResetFlag.RANDOM_START if self.parameters.reset_start == 'random' else 0
+            request = _ResetRequest(self._next_sequence(), int(flags), time.monotonic())
+            self._reset = request
+            self._write(Reset(request.sequence, request.flags))
+            self.diagnostics.set('resetting', True)
+        self.get_logger().info(f'reset {request.sequence} sent ({cause})')
+        return request
+
+    def _finish_reset(self, request: _ResetRequest, ok: bool, message: str) -> None:
+        with self._lock:
+            request.ok, request.message = ok, message
+            if self._reset is request:
+                self._reset = None
+            self._restart_chain()
+            self.diagnostics.increment('resets' if ok else 'resets_failed')
+            self.diagnostics.set('resetting', False)
+            if ok:
+                self.diagnostics.errors.pop('reset', None)
+            else:
+                self.diagnostics.errors['reset'] = f'reset {request.sequence} failed: {message}'
+        request.done.set()
+
+    def _watch_reset(self) -> None:
+        """Reader thread: send a RESET again while unanswered; give up after reset_timeout."""
+        p = self.parameters
+        with self._lock:
+            request = self._reset
+            if request is None:
+                return
+            now = time.monotonic()
+            if now - request.started > p.reset_timeout:
+                self._finish_reset(
+                    request, False, f'no EPISODE_START from the rig within {p.reset_timeout} s'
+                )
+                self.get_logger().error(f'reset {request.sequence} failed: {request.message}')
+                return
+            if not request.acknowledged and now - request.sent_at > p.reset_retry:
+                request.sent_at = now
+                if self._write(Reset(request.sequence, request.flags)):
+                    self.diagnostics.increment('reset_resends')
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        """End the episode, reset the rig and answer once it is at its start state.
+
+        Blocks this node's executor while the rig resets (at most ``reset_timeout``): the
+        reader thread goes on reading frames and sending heartbeats meanwhile.
+        """
+        blocked = time.monotonic()
+        reset = self._start_reset('/plant/reset')
+        finished = reset.done.wait(self.parameters.reset_timeout + 1.0)
+        response.success = finished and reset.ok
+        response.message = reset.message if finished else 'no answer from the reader thread'
+        if response.success and self._paused:
+            response.message += ' (held until /plant/pause false)'
+        if self._ledger is not None:
+            # Observations queued meanwhile are still to be read: not missing.
+            with self._lock:
+                self._ledger.extend_wait(time.monotonic() - blocked)
+        return response
+
+    def _on_pause(self, request: SetBool.Request, response: SetBool.Response):
+        """Hold (true) or resume (false) the rig; see the module docstring."""
+        response.success = True
+        with self._lock:
+            if request.data == self._paused:
+                response.message = 'already paused' if self._paused else 'not paused'
+                return response
+            now = time.monotonic()
+            self._paused = bool(request.data)
+            real_steps = self._ledger.real_steps if self._ledger is not None else 0
+            if self._paused:
+                self._paused_at = now
+                self._restart_chain()
+                self.diagnostics.increment('pauses')
+                if self._reset is None:
+                    self._send_command(self._zero_command, None)
+                response.message = f'paused after {real_steps} real steps'
+            else:
+                response.message = f'resumed after {now - self._paused_at:.3f} s'
+            self.diagnostics.set('paused', self._paused)
+        self.get_logger().info(response.message)
+        return response
+
+    # ------------------------------------------------------------------ episodes (executor)
+
+    def _on_observation(self, message: JointState) -> None:
+        try:
+            observation = read_vector(message, self.observation_names, 'position')
+        except MessageError as error:
+            self.diagnostics.reject(
+                f'observation_{error.reason}', f'/sindyrl/observation: {error.detail}'
+            )
+            return
+        with self._lock:
+            self._ledger.add_observation(stamp_to_ns(message.header.stamp), observation)
+        self._poll_ledger()
+
+    def _on_action(self, message: JointState) -> None:
+        with self._lock:
+            self._ledger.add_action(stamp_to_ns(message.header.stamp), message.header.frame_id)
+
+    def _poll_ledger(self) -> None:
+        """Publish the rewards of scored steps and the records of finished episodes."""
+        if self._ledger is None:
+            return
+        with self._lock:
+            rewards, records = self._ledger.poll(time.monotonic())
+            self.diagnostics.counters['missing_rewards'] = self._ledger.missing_rewards
+            self.diagnostics.set('real_steps', self._ledger.real_steps)
+        for start_ns, reward in rewards:
+            self._reward_publisher.publish(
+                vector_message(('reward',), (reward,), ns_to_stamp(start_ns))
+            )
+        for record in records:
+            self._episode_publisher.publish(String(data=json.dumps(record)))
+            self.diagnostics.set('last_return', f'{record["return"]:.6g}')
+            self.get_logger().info(
+                f'episode {record["episode"]} ({record["end"]}, {record["mode"]}): return '
+                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
+                'real steps in all'
+                + (
+                    f', {record["missing_rewards"]} rewards missing'
+                    if record['missing_rewards']
+                    else ''
+                )
+            )
 
     # ------------------------------------------------------------------ writing (executor)
 
@@ -451,11 +898,32 @@ class SerialBridgeNode(Node):
         clipped = np.clip(values, self.command_low, self.command_high)
         if not np.array_equal(clipped, values):
             self.diagnostics.increment('clipped_commands')
-        self._send_command(clipped)
+        answered = command_stamp_ns(message)
+        with self._lock:
+            if self._paused:
+                self.diagnostics.increment('commands_while_paused')
+            elif self._reset is not None:
+                self.diagnostics.increment('commands_while_resetting')
+            elif answered is not None and answered < self._command_floor_ns:
+                self.diagnostics.increment('stale_commands')
+            else:
+                self._send_command(clipped, answered)
+                published = self._published_at.get(answered) if answered is not None else None
+                if published is not None:
+                    self._answer_latencies.append(time.monotonic() - published)
 
-    def _send_command(self, values: np.ndarray) -> None:
-        self._command_sequence = (self._command_sequence % 0xFFFF_FFFF) + 1
-        sequence = self._command_sequence
+    def _next_sequence(self) -> int:
+        with self._lock:
+            self._command_sequence = (self._command_sequence % 0xFFFF_FFFF) + 1
+            return self._command_sequence
+
+    def _send_command(self, values: np.ndarray, answered: int | None) -> None:
+        """Write a COMMAND; ``answered`` is the observation stamp it answers (None: ours)."""
+        sequence = self._next_sequence()
+        with self._sent_lock:
+            self._sent[sequence] = (values, answered)
+            while len(self._sent) > _SENT_COMMANDS:
+                self._sent.popitem(last=False)
         if self._write(Command(sequence, tuple(values), self._mode)):
             self.diagnostics.increment('commands_sent')
             with self._sent_lock:
@@ -472,8 +940,31 @@ class SerialBridgeNode(Node):
         if self._write(beat):
             self.diagnostics.increment('heartbeats_sent')
 
+    def _watch_real_time(self) -> None:
+        """Warn while more than a tenth of the recent steps ran with a stale command."""
+        with self._lock:
+            latencies = list(self._answer_latencies)
+        if latencies:
+            self.diagnostics.set('answer_latency_ms', f'{latencies[-1] * 1e3:.2f}')
+            self.diagnostics.set('answer_latency_max_ms', f'{max(latencies) * 1e3:.2f}')
+        counters = self.diagnostics.counters
+        steps = counters['steps'] - self._real_time_window[0]
+        if steps < _REAL_TIME_WINDOW:
+            return
+        stale = counters['stale_command_steps'] - self._real_time_window[1]
+        self._real_time_window = (counters['steps'], counters['stale_command_steps'])
+        if stale > 0.1 * steps:
+            self.diagnostics.warnings['real_time'] = (
+                f'{stale} of the last {steps} steps applied a command that did not answer '
+                'their state: answers come later than the rig samples'
+            )
+        else:
+            self.diagnostics.warnings.pop('real_time', None)
+
     def _watch_link(self) -> None:
-        """Link state for /diagnostics: ERROR while the port is closed or silent."""
+        """Link state for /diagnostics (ERROR while the port is closed or silent); episodes."""
+        self._poll_ledger()
+        self._watch_real_time()
         p = self.parameters
         if self._serial is None:
             link, problem = 'disconnected', self._port_error
@@ -510,7 +1001,7 @@ class SerialBridgeNode(Node):
     def on_shutdown(self) -> None:
         """Leave the rig at rest: the zero command (clipped into the limits), then close."""
         if self._serial is not None:
-            self._send_command(self._zero_command)
+            self._send_command(self._zero_command, None)
 
     def destroy_node(self) -> None:
         self._stop.set()

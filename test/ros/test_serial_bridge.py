@@ -6,6 +6,7 @@ The emulator records every STATE it composed, so each joint state the bridge pub
 be checked against what the rig really sent.
 """
 
+import itertools
 import json
 import math
 import signal
@@ -13,6 +14,8 @@ import sys
 
 import pytest
 from ros_testing import NodeStatusProbe, node_command, write_params
+
+from sindyrl_ros.core.rig_protocol import StateFlag
 
 pytestmark = pytest.mark.ros
 ERROR = 2  # diagnostic_msgs/DiagnosticStatus.ERROR
@@ -29,6 +32,7 @@ BRIDGE = {
     'reconnect_min': 0.05,
     'reconnect_max': 0.2,
 }
+SHARED_KEYS = ('task', 'action_names', 'action_low', 'action_high', 'control_period')
 
 
 def emulator_command(link, *options: str) -> list[str]:
@@ -234,3 +238,204 @@ def test_unplug_reports_error_stops_states_and_reconnects(ros_context, start_pro
     second.stop()
     probe.destroy()
     assert bridge.stop() == 0, bridge.output()
+
+
+# ---------------------------------------------------------------- the bridge as a training plant
+
+SPEED = 5  # the emulated rig samples every 10 ms
+EPISODE = 30  # steps per episode
+
+
+class PlantProbe(RigProbe):
+    """Plays the run supervisor: calls /plant/reset and /plant/pause, keeps what the bridge
+    reports (episodes, rewards) next to the joint states it published."""
+
+    def __init__(self, context, executor) -> None:
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import SetBool, Trigger
+
+        from sindyrl_ros.nodes.common import RELIABLE_QOS
+        from sindyrl_ros.nodes.serial_bridge import EPISODE_QOS
+
+        super().__init__(context, executor)
+        self.episodes: list[dict] = []
+        self.rewards: list[tuple[int, float]] = []
+        self.node.create_subscription(String, '/sindyrl/episode', self._on_episode, EPISODE_QOS)
+        self.node.create_subscription(JointState, '/sindyrl/reward', self._on_reward, RELIABLE_QOS)
+        self.reset_client = self.node.create_client(Trigger, '/plant/reset')
+        self.pause_client = self.node.create_client(SetBool, '/plant/pause')
+
+    def _on_episode(self, message) -> None:
+        self.episodes.append(json.loads(message.data))
+
+    def _on_reward(self, message) -> None:
+        from sindyrl_ros.nodes.common import stamp_to_ns
+
+        self.rewards.append((stamp_to_ns(message.header.stamp), message.position[0]))
+
+    def call(self, client, request, timeout: float = 10.0):
+        assert client.wait_for_service(timeout_sec=timeout)
+        future = client.call_async(request)
+        assert self.spin_until(future.done, timeout), 'no answer'
+        return future.result()
+
+    def pause(self, hold: bool):
+        from std_srvs.srv import SetBool
+
+        response = self.call(self.pause_client, SetBool.Request(data=hold))
+        assert response.success, response.message
+        return response
+
+    def reset(self):
+        from std_srvs.srv import Trigger
+
+        response = self.call(self.reset_client, Trigger.Request())
+        assert response.success, response.message
+        return response
+
+
+def pendulum_reward(position: float, velocity: float, torque: float) -> float:
+    """Pendulum-v1's reward from a joint state and the torque applied after it."""
+    theta = math.atan2(math.sin(position), math.cos(position))
+    return -(theta**2 + 0.1 * velocity**2 + 0.001 * torque**2)
+
+
+def test_bridge_is_the_plant_reset_pause_and_episodes_scored_as_the_rig_ran(
+    ros_context, start_process, tmp_path
+):
+    """Rig emulator (5x real time) -> bridge -> sensor ingestion -> controller (exploring).
+
+    The test plays the run supervisor. It checks each published reward against the states
+    and torques the emulator recorded, each return against those rewards, that a pause
+    holds the rig with the zero command and counts no step, and that a reset answers once
+    the rig's EPISODE_START state arrived, which is then the next published state.
+    """
+    context, executor = ros_context
+    link, record_path = tmp_path / 'rig', tmp_path / 'states.jsonl'
+    emulator = start_process(
+        emulator_command(
+            link, '--speed', str(SPEED), '--reset-periods', '4', '--record', str(record_path)
+        ),
+        name='emulator',
+    )
+    params = write_params(
+        tmp_path / 'graph.yaml',
+        {
+            '/**': {
+                'task': 'pendulum',
+                'observation_names': ['cos_theta', 'sin_theta', 'theta_dot'],
+                'action_names': ['torque'],
+                'action_low': [-2.0],
+                'action_high': [2.0],
+                'control_period': 0.05 / SPEED,
+                'episode_length': EPISODE,
+            },
+            'serial_bridge': {
+                **{k: v for k, v in BRIDGE.items() if k not in SHARED_KEYS},
+                'port': str(link),
+                'start_paused': True,
+                'reset_on_connect': True,
+            },
+            'sensor_ingestion': {
+                'observation_features': [
+                    'cos(pendulum_joint.position)',
+                    'sin(pendulum_joint.position)',
+                    'pendulum_joint.velocity',
+                ],
+            },
+            'controller': {'trigger': 'observation', 'soft_start_time': 0.0, 'seed': 4},
+        },
+    )
+    assert emulator.wait_for_output('rig emulator ready', timeout=30), emulator.output()
+    nodes = {
+        name: start_process(node_command(name, params), name=name)
+        for name in ('serial_bridge', 'sensor_ingestion', 'controller')
+    }
+    probe = PlantProbe(context, executor)
+
+    def outputs() -> dict:
+        return {name: p.output()[-1500:] for name, p in {**nodes, 'emulator': emulator}.items()}
+
+    # Started paused, reset once the port opened: the rig is held, nothing is published.
+    assert probe.spin_until(
+        lambda: probe.counter('resets') == 1 and probe.counter('states_paused') >= 10, timeout=40
+    ), (probe.status, outputs())
+    assert probe.states == [] and probe.counter('steps') == 0
+
+    # Running: whole episodes, reset after each.
+    probe.pause(False)
+    assert probe.spin_until(lambda: len(probe.episodes) >= 2, timeout=20), outputs()
+
+    # Paused: the zero command holds the rig, no state is published, no step counted.
+    probe.pause(True)
+    probe.spin_until(lambda: False, timeout=0.2)  # states published before the answer land
+    published, steps = len(probe.states), probe.counter('steps')
+    paused = probe.counter('states_paused')
+    probe.spin_until(lambda: probe.counter('states_paused') >= paused + 30, timeout=10)
+    assert len(probe.states) == published
+    assert probe.counter('steps') == steps
+    last_before_pause = probe.states[-1]
+
+    # A reset while paused: answered once the rig is at its start state, held until resumed.
+    response = probe.reset()
+    assert 'held until' in response.message
+    probe.pause(False)
+    assert probe.spin_until(lambda: len(probe.states) >= published + 10, timeout=10)
+    first_after_pause = probe.states[published]
+    # A reset while running cuts the episode: the next published state is EPISODE_START.
+    cut = len(probe.states)
+    probe.reset()
+    assert probe.spin_until(lambda: len(probe.states) >= cut + 5, timeout=10)
+    probe.reset()  # closes the episode in progress, so every step is in a record
+    assert probe.spin_until(
+        lambda: (
+            sum(e['length'] for e in probe.episodes) == len(probe.rewards) > 0
+            and probe.counter('steps') == len(probe.rewards)
+        ),
+        timeout=10,
+    ), (probe.episodes, len(probe.rewards), probe.status)
+    emulator.stop()
+
+    # ---- everything against the emulator's record of what the rig did
+    record = [json.loads(line) for line in record_path.read_text().splitlines()]
+    where = {(tuple(r['positions']), tuple(r['velocities'])): i for i, r in enumerate(record)}
+    index = {s[0]: where[(tuple(s[2]), tuple(s[3]))] for s in probe.states}
+    # Every reward is the task's reward of a published state and the torque the rig applied
+    # in the step that followed it (the effort it reports at its next sample).
+    for stamp, reward in probe.rewards:
+        state = record[index[stamp]]
+        torque = record[index[stamp] + 1]['efforts'][0]
+        expected = pendulum_reward(state['positions'][0], state['velocities'][0], torque)
+        assert reward == pytest.approx(expected, abs=1e-5), (stamp, reward, expected)
+    # Returns add up the rewards; whole episodes have episode_length steps.
+    assert sum(e['return'] for e in probe.episodes) == pytest.approx(
+        sum(r for _, r in probe.rewards), rel=1e-9
+    )
+    ends = [e['end'] for e in probe.episodes]
+    assert ends[:2] == ['episode_length'] * 2 and ends.count('reset') >= 2, ends
+    for episode in probe.episodes:
+        assert episode['task'] == 'pendulum' and episode['missing_rewards'] == 0
+        assert episode['mode'] == 'explore'  # the controller explores (random actions)
+        if episode['end'] == 'episode_length':
+            assert episode['length'] == EPISODE
+    assert [e['real_steps'] for e in probe.episodes] == list(
+        itertools.accumulate(e['length'] for e in probe.episodes)
+    )
+    # While paused the rig got the zero command: from three samples after the last published
+    # state (the controller's last answers may still land) to the next published one.
+    held = record[index[last_before_pause[0]] + 3 : index[first_after_pause[0]]]
+    assert len(held) >= 30
+    assert all(r['efforts'] == [0.0] for r in held)
+    # The held stretch ends with the reset: four RESETTING states, then EPISODE_START (an
+    # earlier one may be there too: the rig is reset after each episode).
+    flags = [r['flags'] & (StateFlag.RESETTING | StateFlag.EPISODE_START) for r in held]
+    flags = [flag for flag in flags if flag]
+    assert flags[-5:] == [StateFlag.RESETTING] * 4 + [StateFlag.EPISODE_START], flags
+    # After the reset while running, the first published state is the rig's EPISODE_START.
+    assert record[index[probe.states[cut][0]]]['flags'] & StateFlag.EPISODE_START
+    assert probe.counter('resets') >= 4 and probe.counter('resets_failed') == 0
+    assert probe.counter('rejected.frame_internal_error') == 0
+    probe.destroy()
+    for name, process in nodes.items():
+        assert process.stop() == 0, (name, process.output()[-2000:])

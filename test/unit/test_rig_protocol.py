@@ -33,6 +33,8 @@ from sindyrl_ros.core.rig_protocol import (
     FrameDecoder,
     Heartbeat,
     MessageType,
+    Reset,
+    ResetFlag,
     State,
     StateFlag,
     cobs_decode,
@@ -77,7 +79,8 @@ errors = st.builds(
     code=u16,
     text=st.text(max_size=MAX_ERROR_TEXT // 4),  # 4 bytes per character at most
 )
-messages = st.one_of(states(), commands, heartbeats, errors)
+resets = st.builds(Reset, sequence=u32, flags=st.integers(0, 0xFF))
+messages = st.one_of(states(), commands, heartbeats, errors, resets)
 
 
 def feed_in_chunks(decoder, data: bytes, cuts) -> list:
@@ -167,6 +170,13 @@ def test_messages_are_float32_little_endian_and_bounded():
         Command(1, (1.0,), mode=9)
     with pytest.raises(ValueError, match='text'):
         Error(1, 'x' * (MAX_ERROR_TEXT + 1))
+    reset = cobs_decode(encode(Reset(0x01020304, ResetFlag.RANDOM_START))[:-1])
+    assert reset[:2] == bytes([PROTOCOL_VERSION, MessageType.RESET])
+    assert reset[2:-4] == bytes([4, 3, 2, 1, 1])  # sequence u32, flags u8
+    with pytest.raises(ValueError, match='RESET.flags'):
+        Reset(1, 0x100)
+    with pytest.raises(ValueError, match='RESET.sequence'):
+        Reset(-1)
     cut = Error.truncated(1, 'é' * MAX_ERROR_TEXT)  # 2 bytes each: cut at a boundary
     assert len(cut.text.encode()) == MAX_ERROR_TEXT
     with pytest.raises(TypeError):
@@ -199,11 +209,13 @@ def test_each_drop_reason_is_counted_with_its_reason():
         header + bytes([MessageType.COMMAND]) + struct.pack('<IBBf', 1, 9, 1, 1.0)
     )
     short = payload_frame(b'\x01')
-    for reason, frame in cases.items():
+    cases['length_reset'] = payload_frame(header + bytes([MessageType.RESET]) + bytes(6))
+    for name, frame in cases.items():
+        reason = name.split('_reset')[0]
         decoder = FrameDecoder()
         # The bad frame costs nothing else: the good frame after it decodes.
-        assert len(decoder.feed(frame + good)) == 1, reason
-        assert decoder.dropped == {reason: 1}, (reason, decoder.dropped)
+        assert len(decoder.feed(frame + good)) == 1, name
+        assert decoder.dropped == {reason: 1}, (name, decoder.dropped)
         assert decoder.recent_drops[-1].reason == reason
     drops = []
     decoder = FrameDecoder(on_drop=lambda reason, detail: drops.append(reason))
@@ -256,7 +268,7 @@ def _message_pool(rng: random.Random) -> list:
     pool = []
     for _ in range(400):
         n = rng.randint(1, MAX_JOINTS)
-        kind = rng.randrange(4)
+        kind = rng.randrange(5)
         if kind == 0:
             pool.append(
                 State(
@@ -278,6 +290,8 @@ def _message_pool(rng: random.Random) -> list:
             )
         elif kind == 2:
             pool.append(Heartbeat(rng.getrandbits(32), rng.getrandbits(64)))
+        elif kind == 3:
+            pool.append(Reset(rng.getrandbits(32), rng.getrandbits(8)))
         else:
             text = ''.join(rng.choice('abcé€\x00\n ') for _ in range(rng.randint(0, 60)))
             pool.append(Error.truncated(rng.getrandbits(16), text))
@@ -457,3 +471,80 @@ def test_rig_emulator_on_a_pty_applies_commands_and_refuses_bad_ones(tmp_path):
         process.terminate()
         process.wait(timeout=10)
     assert not link.exists()  # the emulator removes its link
+
+
+def test_rig_emulator_resets_on_request_and_runs_faster_with_speed(tmp_path):
+    """RESET: held start state flagged RESETTING, then EPISODE_START, both echoing its sequence."""
+    serial = pytest.importorskip('serial')
+    import gymnasium
+
+    link = tmp_path / 'rig'
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            '-m',
+            'sindyrl_ros.rig_emulator',
+            '--link',
+            str(link),
+            '--speed',
+            '5',
+            '--reset-periods',
+            '3',
+            '--seed',
+            '11',
+            '--duration',
+            '20',
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert 'control period 0.01 s (speed 5)' in process.stdout.readline()
+        port = serial.Serial(str(link), timeout=0.05)
+        port.reset_input_buffer()
+        decoder = FrameDecoder(synchronised=False)
+        states = []
+
+        def exchange(message, until, timeout=10.0):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if message is not None:
+                    port.write(encode(message))
+                received = decoder.feed(port.read(port.in_waiting or 1))
+                states.extend(m for m in received if isinstance(m, State))
+                if until():
+                    return True
+            return False
+
+        assert exchange(Command(7, (1.0,)), lambda: states and states[-1].command_sequence == 7)
+        # Sampled every dt / 5 = 10 ms, stamped with the scheduled sample time.
+        steps = [b.device_time_us - a.device_time_us for a, b in zip(states, states[1:])]
+        assert sum(abs(step - 10_000) <= 2 for step in steps) >= 0.9 * len(steps), steps
+        before = len(states)
+        # A command sent during the reset is ignored, and so is a repeat of the RESET.
+        port.write(frames([Reset(8, ResetFlag.RANDOM_START), Command(9, (2.0,))]))
+        assert exchange(
+            None, lambda: any(s.flags & StateFlag.EPISODE_START for s in states[before:])
+        )
+        port.write(encode(Reset(8)))
+        assert exchange(None, lambda: len(states) >= before + 40)
+        answer = [s for s in states[before:] if s.command_sequence == 8]
+        flags = [s.flags & (StateFlag.RESETTING | StateFlag.EPISODE_START) for s in answer]
+        assert flags == [StateFlag.RESETTING] * 3 + [StateFlag.EPISODE_START], flags
+        # The start state is the simulator's reset with the next seed (11 + 1), held.
+        env = gymnasium.make('Pendulum-v1')
+        cos, sin, theta_dot = env.reset(seed=12)[0]
+        env.close()
+        for state in answer:
+            assert state.positions == pytest.approx((math.atan2(sin, cos),), abs=1e-6)
+            assert state.velocities == pytest.approx((theta_dot,), abs=1e-6)
+            assert state.efforts == (0.0,)
+        # The command from before the reset is forgotten: the safe command, flagged.
+        after = states[states.index(answer[-1]) + 1 :]
+        assert after and all(s.command_sequence == 0 for s in after)
+        assert all(s.flags & StateFlag.COMMAND_TIMEOUT for s in after)
+        assert not any(s.flags & StateFlag.RESETTING for s in after)  # the repeat was ignored
+        port.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
