@@ -6,7 +6,8 @@ separate processes over real DDS and measures what the actuators see:
 
 * **controller period** (``trigger:=timer``, ``clock:=steady``, 100 Hz and 500 Hz): the
   intervals between command arrivals in the measuring process (so DDS delivery jitter is
-  included; controller.py does not report its own tick timing on /diagnostics);
+  included), and the controller's own tick period and compute time from its /diagnostics
+  (timer ticks on its steady clock, last 1,000 ticks);
 * **observation -> command latency** (``trigger:=observation``): a sensor process stamps each
   observation with CLOCK_MONOTONIC just before publishing it, the controller copies that
   stamp into the command it answers with (``common.command_stamp_ns``), and the measuring
@@ -646,6 +647,7 @@ class Benchmark:
                 'initial_burst_transitions': 2 * EPISODE_STEPS,
             },
             'nice': a.load_nice,
+            'controller_sched_fifo_priority': a.controller_fifo,
             'warmup_s': round(warmup, 2),
         }
 
@@ -671,7 +673,11 @@ class Benchmark:
         params = write_params(
             self.work_dir / f'{phase.name}.yaml', 'controller', controller_params
         )
-        controller = self.start(f'controller_{phase.name}', node_args('controller', params))
+        controller_args = node_args('controller', params)
+        if self.arguments.controller_fifo:
+            # Real-time scheduling, as on a robot computer (needs CAP_SYS_NICE or root).
+            controller_args = ['chrt', '-f', str(self.arguments.controller_fifo), *controller_args]
+        controller = self.start(f'controller_{phase.name}', controller_args)
         sensor = self.start(f'sensor_{phase.name}', helper_args('sensor', phase.rate_hz))
         try:
             first = probe.policy_commands_seen
@@ -770,6 +776,13 @@ class Benchmark:
                 'safe_commands',
                 'watchdog_trips',
                 'torch_loaded',
+                # The controller's own timer ticks (steady clock, inside the process):
+                # separates scheduling of the controller from DDS delivery jitter.
+                'tick_period_p50_ms',
+                'tick_period_p99_ms',
+                'tick_period_max_ms',
+                'tick_compute_p99_us',
+                'tick_overruns',
             )
         }
         result['controller']['exit_code'] = controller_code
@@ -856,7 +869,8 @@ def print_report(document: dict) -> None:
 NOTES = [
     'Controller period = intervals between command arrivals in the measuring process: it '
     "includes DDS delivery and the probe executor's jitter (one late arrival shows in two "
-    'intervals). controller.py does not report its own tick timing on /diagnostics.',
+    "intervals). The controller's own tick timing (tick_period_*, last 1,000 ticks on its "
+    "steady clock) is in each timer phase's controller section.",
     'Observation -> command latency = command arrival (CLOCK_MONOTONIC, measuring process) - '
     'observation stamp (CLOCK_MONOTONIC read by the sensor process just before publish), '
     'matched by the stamp the controller writes into the command (stamp_ns label). Includes '
@@ -928,6 +942,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help='nice value of the load processes (default 0: same priority as the controller)',
+    )
+    parser.add_argument(
+        '--controller-fifo',
+        type=int,
+        default=0,
+        help='run the controller with SCHED_FIFO at this priority (chrt -f; 0 = normal)',
     )
     parser.add_argument('--trainer-device', default='cpu', choices=('cpu', 'cuda', 'auto'))
     parser.add_argument(

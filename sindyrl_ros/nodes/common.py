@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 import math
+import os
 from pathlib import Path
 import re
 import signal
@@ -916,3 +917,19 @@ def run_node(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code
+
+
+def lower_thread_priority(niceness: int) -> bool:
+    """Give the calling thread a nice value (Linux: per thread) so learning yields to control.
+
+    Fits and SAC training are long CPU-bound jobs; at a higher nice value the scheduler
+    hands the core back to the controller as soon as it wakes. Returns False where the OS
+    refuses or has no per-thread priorities.
+    """
+    if niceness <= 0:
+        return True
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(niceness))
+    except (AttributeError, OSError):
+        return False
+    return True

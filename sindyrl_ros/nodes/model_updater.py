@@ -59,6 +59,7 @@ from sindyrl_ros.nodes.common import (
     declare_parameters,
     highest_version,
     json_safe,
+    lower_thread_priority,
     read_vector,
     run_node,
     stamp_to_ns,
@@ -183,6 +184,14 @@ MODEL_UPDATER_PARAMETERS = [
         'this fraction of its task range in one step is a plant reset and splits the '
         'trajectory; 0 disables',
         range=(0.0, 100.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'fit_niceness',
+        10,
+        'Nice value of the fit worker: fits yield the CPU to the controller and callbacks '
+        '(0 = same priority)',
+        range=(0, 19),
         read_only=True,
     ),
     ParamSpec(
@@ -350,10 +359,11 @@ def _fmt(value: Any) -> str:
     return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
-def _fit_loop(connection) -> None:
+def _fit_loop(connection, niceness: int = 0) -> None:
     """Worker process: answer fit requests until told to stop (None) or the pipe closes."""
     # Ctrl-C reaches the whole process group; the node decides when its worker stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lower_thread_priority(niceness)
     # Import now, while the plant is still collecting: seconds of imports must not delay
     # the first model.
     import sindyrl_ros.core.dyna  # noqa: F401
@@ -377,8 +387,9 @@ class FitWorker:
     subscription callbacks for the GIL; ``thread`` is lighter and fine on a quiet machine.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, niceness: int = 0) -> None:
         self.kind = kind
+        self.niceness = niceness
         self.busy = False
         self._result: dict | None = None
         self._process = None
@@ -390,7 +401,7 @@ class FitWorker:
         context = multiprocessing.get_context('spawn')
         self._connection, child = context.Pipe()
         self._process = context.Process(
-            target=_fit_loop, args=(child,), name='sindy_fit', daemon=True
+            target=_fit_loop, args=(child, self.niceness), name='sindy_fit', daemon=True
         )
         self._process.start()
         child.close()
@@ -407,6 +418,7 @@ class FitWorker:
         else:
 
             def run() -> None:
+                lower_thread_priority(self.niceness)
                 self._result = fit_model(request)
 
             threading.Thread(target=run, name='sindy_fit', daemon=True).start()
@@ -514,7 +526,7 @@ class ModelUpdater(Node):
         if initial is not None:
             self._replay_into_recording(initial)
         self.diagnostics.set('recording', str(self.recording_path))
-        self.worker = FitWorker(p.fit_worker)
+        self.worker = FitWorker(p.fit_worker, p.fit_niceness)
 
         self.model_publisher = self.create_publisher(String, 'sindyrl/model', LATCHED_QOS)
         self.create_subscription(

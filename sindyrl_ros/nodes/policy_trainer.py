@@ -50,6 +50,7 @@ from sindyrl_ros.nodes.common import (
     declare_parameters,
     highest_version,
     json_safe,
+    lower_thread_priority,
     run_node,
     task_from_parameters,
 )
@@ -151,6 +152,14 @@ POLICY_TRAINER_PARAMETERS = [
         'device',
         'auto',
         "torch device: 'auto' (CUDA when available), 'cpu', 'cuda'",
+        read_only=True,
+    ),
+    ParamSpec(
+        'training_niceness',
+        10,
+        'Nice value of the training thread: SAC yields the CPU to the controller and '
+        'callbacks (0 = same priority)',
+        range=(0, 19),
         read_only=True,
     ),
     ParamSpec(
@@ -396,6 +405,7 @@ class PolicyTrainer(Node):
     # ------------------------------------------------------------------ training (worker)
 
     def _training_loop(self) -> None:
+        lower_thread_priority(self.parameters.training_niceness)
         while True:
             with self._condition:
                 while self._pending is None and not self._stopping:
