@@ -36,7 +36,6 @@ process exits with code 0 so a launcher knows the run is over.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 import sys
 import time
@@ -60,6 +59,7 @@ from sindyrl_ros.nodes.common import (
     check_parameter_files,
     configuration_error,
     declare_parameters,
+    json_safe,
     run_node,
 )
 from sindyrl_ros.nodes.model_updater import task_from_parameters
@@ -297,7 +297,7 @@ class RunSupervisor(Node):
             'eval_steps': self.eval_steps,
             **fields,
         }
-        self._progress_file.write(json.dumps(_json_safe(record), allow_nan=False) + '\n')
+        self._progress_file.write(json.dumps(json_safe(record), allow_nan=False) + '\n')
         self._progress_file.flush()
 
     def _log_progress(self, what: str) -> None:
@@ -792,7 +792,7 @@ class RunSupervisor(Node):
 
     def summary(self) -> dict:
         last = self.evaluations[-1] if self.evaluations else {}
-        return _json_safe(
+        return json_safe(
             {
                 'task': self.task.name,
                 'reached': self.reached,
@@ -881,16 +881,6 @@ class RunSupervisor(Node):
 
 def _fmt(value: Any) -> str:
     return f'{value:.2f}' if isinstance(value, float) else str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return value
 
 
 def main(args: list[str] | None = None) -> int:
