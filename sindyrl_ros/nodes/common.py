@@ -458,11 +458,6 @@ def declare_parameters(
     (``ros2 param set``) go through the same checks in an on-set callback and are refused
     with a reason. Call :func:`check_parameter_files` once all parameters are declared.
 
-    A name declared already (earlier in ``specs`` or by an earlier call) is declared once:
-    a node may list a shared parameter again with a default of its own (the supervisor's
-    ``threshold`` defaults to its task's). The returned value is then the given one (file
-    or ``-p``) or, when none was given, that spec's default.
-
     Parameters
     ----------
     node : rclpy.node.Node
@@ -479,10 +474,7 @@ def declare_parameters(
     overrides = getattr(node, '_parameter_overrides', {})  # params files + -p, parsed by rcl
     sources = _parameter_sources(node)
     by_name = {spec.name: spec for spec in specs}
-    declared: set[str] = set()
     for spec in specs:
-        again = spec.name in declared or node.has_parameter(spec.name)
-        declared.add(spec.name)
         value = spec.default
         if spec.name in overrides:
             try:
@@ -498,9 +490,6 @@ def declare_parameters(
                 f'parameter {spec.name!r} of node {node.get_fully_qualified_name()} '
                 f'({_where(spec.name, sources)}): {problem}'
             )
-        if again:
-            values._values[spec.name] = value
-            continue
         descriptor = _descriptor(spec)
         expected = spec.parameter_type()
         if isinstance(value, list) and not value:

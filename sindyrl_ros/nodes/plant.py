@@ -97,13 +97,6 @@ PLANT_PARAMETERS = [
         read_only=True,
     ),
     ParamSpec(
-        'episode_length',
-        0,
-        'Steps per episode; 0 = the task episode length',
-        range=(0, 100_000_000),
-        read_only=True,
-    ),
-    ParamSpec(
         'controller_name',
         'effort_controller',
         'Commands are read from /<controller_name>/commands',
@@ -318,7 +311,7 @@ class PlantNode(Node):
         if np.any(self.action_low >= self.action_high):
             raise configuration_error(self, 'action_low', 'must be below action_high')
         self.dt = task.dt
-        self.episode_length = p.episode_length or task.episode_length
+        self.episode_length = task.episode_length  # the shared episode_length, if given
 
     def _compile_joint_mapping(self) -> None:
         """Turn the joint specs into observation indices: (index,) or (sin, cos) for atan2."""

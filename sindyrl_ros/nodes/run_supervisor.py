@@ -49,7 +49,6 @@ from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core.policies import policy_from_json
 from sindyrl_ros.core.serialization import FormatError, save_json_document
-from sindyrl_ros.core.tasks import get_task
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
@@ -151,22 +150,9 @@ RUN_SUPERVISOR_PARAMETERS = [
 NO_REFIT_GRACE_S = 10.0
 
 
-def run_supervisor_parameters(task) -> list[ParamSpec]:
-    """The supervisor's parameters; ``threshold`` defaults to the task's threshold."""
-    return [
-        ParamSpec(
-            'threshold',
-            float(task.threshold),
-            'Mean evaluation return that ends the run as reached (default: the task threshold)',
-            read_only=True,
-        ),
-        *RUN_SUPERVISOR_PARAMETERS,
-    ]
-
-
-# Everything this node declares (threshold's default here is Pendulum's; at run time it
-# is the configured task's).
-PARAMETERS = SHARED_PARAMETERS + run_supervisor_parameters(get_task('pendulum'))
+# Everything this node declares. The threshold is the shared task parameter: the task's
+# own unless the /** section gives one.
+PARAMETERS = SHARED_PARAMETERS + RUN_SUPERVISOR_PARAMETERS
 
 
 EXPLORE, WAIT_EPISODE_END, SWITCHING, HOLDING, EVALUATING, FINISHED = (
@@ -184,13 +170,11 @@ class RunSupervisor(Node):
 
     def __init__(self) -> None:
         super().__init__('run_supervisor')
-        # The task comes first: the threshold's default is the task's own threshold.
-        self.shared = declare_parameters(self, SHARED_PARAMETERS)
-        self.task = task_from_parameters(self, self.shared)
-        self.parameters = declare_parameters(self, run_supervisor_parameters(self.task))
+        self.parameters = declare_parameters(self, PARAMETERS)
         check_parameter_files(self)
+        self.task = task_from_parameters(self, self.parameters)
         p = self.parameters
-        self.threshold = p.threshold
+        self.threshold = self.task.threshold
         self.run_dir = Path(p.run_dir).expanduser()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
