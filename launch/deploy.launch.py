@@ -30,7 +30,7 @@ def generate_launch_description():
             DeclareLaunchArgument('policy', description='saved policy JSON file to run'),
             DeclareLaunchArgument('task', default_value='pendulum', choices=list(graph.TASKS)),
             DeclareLaunchArgument(
-                'backend', default_value='sim', choices=list(graph.DEPLOY_BACKENDS),
+                'backend', default_value='sim', choices=list(graph.BACKENDS),
                 description='sim: embedded simulated plant; gazebo: plant from gazebo.launch.py; '
                 'serial: a rig behind the serial bridge (port in the config)',
             ),

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description='Start sensor ingestion and the controller with a saved policy '
         '(exploration off) plus, for --backend sim, the simulated plant. Stops on Ctrl-C.',
     )
-    _add_graph_arguments(deploy, graph.DEPLOY_BACKENDS)
+    _add_graph_arguments(deploy)
     deploy.add_argument('--policy', type=Path, required=True, help='saved policy JSON file')
     deploy.add_argument(
         '--log-dir', type=Path, default=None, help='where node logs go (default: a temp dir)'
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_graph_arguments(parser: argparse.ArgumentParser, backends=graph.BACKENDS) -> None:
+def _add_graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--task', default='pendulum', choices=graph.TASKS,
         help='shipped task (default: %(default)s)',
@@ -118,7 +118,7 @@ def _add_graph_arguments(parser: argparse.ArgumentParser, backends=graph.BACKEND
         help='your own task parameter file instead of config/<task>.yaml',
     )
     parser.add_argument(
-        '--backend', default='sim', choices=backends,
+        '--backend', default='sim', choices=graph.BACKENDS,
         help='where the plant is (default: %(default)s, the embedded simulated plant)',
     )
     parser.add_argument(

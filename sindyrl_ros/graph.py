@@ -21,7 +21,6 @@ TASKS = ('pendulum', 'cartpole_swingup')
 # rig behind the serial bridge (which also keeps the episodes and serves /plant/reset and
 # /plant/pause, as the simulated plant does).
 BACKENDS = ('sim', 'gazebo', 'serial')
-DEPLOY_BACKENDS = ('sim', 'gazebo', 'serial')
 # Sim time follows the backend: the simulators publish /clock, a real rig runs on wall time.
 USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False}
 
@@ -107,9 +106,9 @@ def task_config(task: str) -> Path:
     return config_dir() / f'{task}.yaml'
 
 
-def _check(task_file: Path, backend: str, backends=BACKENDS) -> None:
-    if backend not in backends:
-        raise ValueError(f'unknown backend {backend!r}; choose one of {", ".join(backends)}')
+def _check(task_file: Path, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown backend {backend!r}; choose one of {", ".join(BACKENDS)}')
     if not Path(task_file).is_file():
         raise FileNotFoundError(f'parameter file {task_file} does not exist')
 
@@ -122,6 +121,15 @@ def _node(executable: str, files, parameters: dict) -> NodeSpec:
         parameter_files=tuple(Path(path) for path in files),
         parameters=dict(parameters),
     )
+
+
+def _plant_side(backend: str, files, parameters: dict) -> list[NodeSpec]:
+    """The node that is the plant for this backend: none for Gazebo (gazebo.launch.py)."""
+    if backend == 'sim':
+        return [_node('plant', files, dict(parameters, mode='lockstep'))]
+    if backend == 'serial':
+        return [_node('serial_bridge', files, parameters)]
+    return []
 
 
 def training_graph(
@@ -155,19 +163,15 @@ def training_graph(
         # only blur the first steps of each evaluation.
         controller['soft_start_time'] = 0.0
     files = (task_file,)
-    nodes = []
-    if backend == 'sim':
-        # The run supervisor resumes the plant once it is ready: no real step is taken before
-        # anyone counts it.
-        plant = dict(sim_time, mode='lockstep', start_paused=True)
-        nodes.append(_node('plant', files, plant))
-    elif backend == 'serial':
-        # Held until the supervisor resumes it, and reset (homed) whenever the port opens, so
-        # the first episode starts from a reset like every other.
-        bridge = dict(sim_time, start_paused=True, reset_on_connect=True)
+    # The plant (or rig) is held until the run supervisor resumes it: no real step is taken
+    # before anyone counts it. A rig is also reset (homed) whenever its port opens, so the
+    # first episode starts from a reset like every other.
+    plant = dict(sim_time, start_paused=True)
+    if backend == 'serial':
+        plant['reset_on_connect'] = True
         if port:
-            bridge['port'] = str(port)
-        nodes.append(_node('serial_bridge', files, bridge))
+            plant['port'] = str(port)
+    nodes = _plant_side(backend, files, plant)
     nodes += [
         _node('sensor_ingestion', files, sim_time),
         _node('controller', files, controller),
@@ -180,7 +184,7 @@ def training_graph(
 
 def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> list[NodeSpec]:
     """Sensor ingestion and the controller running a saved policy: no learning, no exploration."""
-    _check(task_file, backend, DEPLOY_BACKENDS)
+    _check(task_file, backend)
     sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
     controller = dict(sim_time, policy_file=str(policy_file), mode='evaluate')
     if backend == 'sim':
@@ -189,10 +193,6 @@ def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> lis
         # A rig (or Gazebo) runs on its own: a fixed-rate loop, on the steady clock on hardware.
         controller.update(trigger='timer', clock='steady' if backend == 'serial' else 'ros')
     files = (task_file,)
-    nodes = []
-    if backend == 'sim':
-        nodes.append(_node('plant', files, dict(sim_time, mode='lockstep')))
-    elif backend == 'serial':
-        nodes.append(_node('serial_bridge', files, sim_time))
+    nodes = _plant_side(backend, files, sim_time)
     nodes += [_node('sensor_ingestion', files, sim_time), _node('controller', files, controller)]
     return nodes

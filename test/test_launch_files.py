@@ -50,7 +50,7 @@ CASES = [
 ] + [
     ('deploy.launch.py', {'task': task, 'backend': backend, 'policy': '/tmp/policy.json'})
     for task in graph.TASKS
-    for backend in graph.DEPLOY_BACKENDS
+    for backend in graph.BACKENDS
 ]
 
 
