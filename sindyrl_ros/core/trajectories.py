@@ -2,9 +2,9 @@
 
 A SINDy model x[k+1] = f(x[k], u[k]) is fitted on pairs of consecutive
 observations, so samples only belong together if they are exactly one control
-period apart. Real robots drop messages and get paused; :func:`split_on_gaps`
-cuts a time-stamped recording into gap-free trajectories so that no fitted pair
-spans a missing step.
+period apart. Real robots drop messages and get paused: the model updater pairs
+messages by stamp and cuts trajectories at gaps (core.mcap_log.TransitionAssembler),
+and :func:`split_outside_bounds` drops what a smooth model cannot describe.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ['Trajectory', 'split_on_gaps', 'split_outside_bounds']
+__all__ = ['Trajectory', 'split_outside_bounds']
 
 
 @dataclass
@@ -121,89 +121,3 @@ def split_outside_bounds(
                 )
             )
     return pieces
-
-
-def split_on_gaps(
-    times: np.ndarray,
-    observations: np.ndarray,
-    actions: np.ndarray,
-    rewards: np.ndarray | None,
-    dt: float,
-    tolerance: float = 0.5,
-    min_steps: int = 1,
-) -> list[Trajectory]:
-    """Cut time-stamped samples into trajectories wherever a control period is missing.
-
-    Sample ``k`` holds the observation measured at ``times[k]`` and the action
-    applied in answer to it. Consecutive samples closer than ``dt * (1 + tolerance)``
-    form a transition; a larger (or non-increasing) step starts a new trajectory.
-    Samples holding NaN/Inf count as missing.
-    The action of the last sample of each trajectory has no observed result and is
-    dropped.
-
-    Parameters
-    ----------
-    times : numpy.ndarray, shape (K,)
-        Measurement times in seconds.
-    observations : numpy.ndarray, shape (K, n)
-        Observation at each time.
-    actions : numpy.ndarray, shape (K, m) or (K,)
-        Action applied in answer to each observation.
-    rewards : numpy.ndarray or None, shape (K,)
-        Reward of the transition starting at each sample (ignored for the last
-        sample of a trajectory).
-    dt : float
-        Control period in seconds.
-    tolerance : float
-        Relative slack on ``dt`` before a step counts as a gap.
-    min_steps : int
-        Trajectories with fewer transitions are dropped.
-
-    Returns
-    -------
-    list of Trajectory
-        In time order.
-    """
-    times = np.asarray(times, dtype=np.float64).reshape(-1)
-    observations = np.asarray(observations, dtype=np.float64)
-    actions = np.asarray(actions, dtype=np.float64)
-    if actions.ndim == 1:
-        actions = actions[:, None]
-    count = times.shape[0]
-    if observations.shape[0] != count or actions.shape[0] != count:
-        raise ValueError(
-            f'times ({count}), observations ({observations.shape[0]}) and actions '
-            f'({actions.shape[0]}) must have the same length'
-        )
-    if rewards is not None:
-        rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
-        if rewards.shape[0] != count:
-            raise ValueError(f'rewards must have length {count}, got {rewards.shape[0]}')
-    if dt <= 0:
-        raise ValueError(f'dt must be positive, got {dt}')
-    if count == 0:
-        return []
-    valid = (
-        np.isfinite(times)
-        & np.all(np.isfinite(observations), axis=1)
-        & np.all(np.isfinite(actions), axis=1)
-    )
-    with np.errstate(invalid='ignore'):
-        steps = np.diff(times)
-        is_gap = ~(steps <= dt * (1.0 + tolerance)) | ~(steps > 0.0)
-    # A non-finite sample is treated as missing: it breaks the trajectory on both sides.
-    is_gap |= ~valid[:-1] | ~valid[1:]
-    boundaries = np.concatenate(([0], np.flatnonzero(is_gap) + 1, [count]))
-    trajectories = []
-    for start, stop in zip(boundaries[:-1], boundaries[1:]):
-        if stop - start - 1 < max(min_steps, 1) or not valid[start]:
-            continue
-        trajectories.append(
-            Trajectory(
-                observations=observations[start:stop].copy(),
-                actions=actions[start : stop - 1].copy(),
-                rewards=None if rewards is None else rewards[start : stop - 1].copy(),
-                times=times[start:stop].copy(),
-            )
-        )
-    return trajectories

@@ -6,7 +6,7 @@ import pytest
 
 from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
 from sindyrl_ros.core.library import LibraryConfig, build_terms
-from sindyrl_ros.core.trajectories import Trajectory, split_on_gaps, split_outside_bounds
+from sindyrl_ros.core.trajectories import Trajectory, split_outside_bounds
 
 OBSERVATIONS = ['cos', 'sin', 'thdot']
 ACTIONS = ['u']
@@ -252,24 +252,6 @@ def test_fit_refuses_bad_input(train):
         dynamics.fit([bad])
     with pytest.raises(ValueError, match='no trajectory'):
         dynamics.fit([])
-
-
-def test_split_on_gaps_splits_at_a_gap():
-    dt = 0.05
-    times = np.concatenate([np.arange(10) * dt, 2.0 + np.arange(6) * dt])
-    observations = np.arange(16, dtype=float)[:, None] * np.ones((1, 3))
-    actions = np.arange(16, dtype=float)[:, None]
-    trajectories = split_on_gaps(times, observations, actions, None, dt)
-    assert [t.n_steps for t in trajectories] == [9, 5]
-    np.testing.assert_array_equal(trajectories[1].observations[:, 0], np.arange(10, 16))
-    np.testing.assert_array_equal(trajectories[0].actions[:, 0], np.arange(9))
-    # Jitter inside the tolerance does not split; a NaN sample does.
-    jittered = times.copy()
-    jittered[[1, 3]] += [0.01, 0.02]
-    observations[12] = np.nan
-    pieces = split_on_gaps(jittered, observations, actions, np.zeros(16), dt)
-    assert [t.n_steps for t in pieces] == [9, 1, 2]
-    assert pieces[0].rewards.shape == (9,)
 
 
 def test_split_outside_bounds_keeps_the_inside_pieces():
