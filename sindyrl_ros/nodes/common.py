@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     'SENSOR_QOS',
     'RELIABLE_QOS',
+    'TRANSITION_QOS',
     'LATCHED_QOS',
     'ParamSpec',
     'ParameterFileError',
@@ -81,6 +82,11 @@ SENSOR_QOS = qos_profile_sensor_data
 # Observations, actions, commands: every sample counts (the model updater pairs them).
 RELIABLE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
+# What the model updater records (observations, actions, rewards): a reliable writer keeps
+# only `depth` samples for resending, so bursts need a deep history on both sides.
+TRANSITION_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
 )
 # Models, policies, e-stop: a node that starts later still gets the latest value.
 LATCHED_QOS = QoSProfile(

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
@@ -51,6 +50,7 @@ from sindyrl_ros.core.serialization import save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     SHARED_PARAMETERS,
+    TRANSITION_QOS,
     Diagnostics,
     MessageError,
     ParamSpec,
@@ -71,9 +71,6 @@ _json_safe = json_safe
 
 # Every transition counts and a burst (a replayed log, a fit hogging the CPU) must not
 # overflow the reader: reliable like RELIABLE_QOS, with a deep queue.
-TRANSITION_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
-)
 
 MODEL_UPDATER_PARAMETERS = [
     ParamSpec(

@@ -68,6 +68,7 @@ from std_srvs.srv import SetBool, Trigger
 from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SHARED_PARAMETERS,
+    TRANSITION_QOS,
     Diagnostics,
     ParamSpec,
     check_parameter_files,
@@ -241,7 +242,9 @@ class PlantNode(Node):
         self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
         # The reward the simulator measured for each step, stamped with the state the step
         # started from: what a task with a learned reward is fitted on.
-        self._reward_publisher = self.create_publisher(JointState, 'sindyrl/reward', RELIABLE_QOS)
+        self._reward_publisher = self.create_publisher(
+            JointState, 'sindyrl/reward', TRANSITION_QOS
+        )
         self._reward_message = vector_message(('reward',), (0.0,), ns_to_stamp(0))
         commands = self.create_subscription(
             Float64MultiArray, f'/{p.controller_name}/commands', self._on_command, RELIABLE_QOS

@@ -85,6 +85,7 @@ from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
     SHARED_PARAMETERS,
+    TRANSITION_QOS,
     Diagnostics,
     MessageError,
     ParamSpec,
@@ -385,7 +386,7 @@ class SerialBridgeNode(Node):
         if self._ledger is not None:
             self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
             self._reward_publisher = self.create_publisher(
-                JointState, 'sindyrl/reward', RELIABLE_QOS
+                JointState, 'sindyrl/reward', TRANSITION_QOS
             )
             self.create_subscription(
                 JointState, 'sindyrl/observation', self._on_observation, LEDGER_QOS

@@ -255,14 +255,16 @@ class PlantProbe(RigProbe):
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
-        from sindyrl_ros.nodes.common import RELIABLE_QOS
+        from sindyrl_ros.nodes.common import TRANSITION_QOS
         from sindyrl_ros.nodes.serial_bridge import EPISODE_QOS
 
         super().__init__(context, executor)
         self.episodes: list[dict] = []
         self.rewards: list[tuple[int, float]] = []
         self.node.create_subscription(String, '/sindyrl/episode', self._on_episode, EPISODE_QOS)
-        self.node.create_subscription(JointState, '/sindyrl/reward', self._on_reward, RELIABLE_QOS)
+        self.node.create_subscription(
+            JointState, '/sindyrl/reward', self._on_reward, TRANSITION_QOS
+        )
         self.reset_client = self.node.create_client(Trigger, '/plant/reset')
         self.pause_client = self.node.create_client(SetBool, '/plant/pause')
 
