@@ -5,7 +5,10 @@ names a registered task (:data:`sindyrl_ros.core.tasks.TASKS`) and may only narr
 (tighter action limits, another control period, its own reward, threshold, episode
 length or divergence bounds). With ``env_id`` the section defines a new task around any
 gymnasium environment: its observation and action names, limits, (cos, sin) angle pairs,
-divergence bounds, episode length, success threshold and reward.
+divergence bounds, episode length, success threshold and reward. A name that is not
+registered, without ``env_id``, defines a robot task without a simulator in the same way
+(every part given): only a real plant (ros2_control, Gazebo, a serial rig) provides its data.
+An optional ``termination`` expression of the observation names ends an episode early.
 
 The reward is one of
 
@@ -58,6 +61,7 @@ TASK_PARAMETERS = (
     'angle_pairs',
     'observation_low',
     'observation_high',
+    'termination',
 )
 # TaskSpec field -> the parameter that sets it, for error messages.
 _FIELD_PARAMETER = {'name': 'task', 'dt': 'control_period'}
@@ -195,13 +199,7 @@ def check_reward(task: TaskSpec) -> None:
 
 def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> dict:
     """The registered task, narrowed by the parameters that were given."""
-    name = values.get('task') or ''
-    if name not in TASKS:
-        raise TaskParameterError(
-            'task',
-            f'unknown task {name!r}; registered tasks: {sorted(TASKS)}. To define a new '
-            'task, set env_id (and its names, limits, reward, ...) in the same section',
-        )
+    name = values['task']
     task = TASKS[name]
     document = task.to_dict()
     for key in ('observation_names', 'action_names'):
@@ -237,13 +235,15 @@ def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> d
         document['episode_length'] = values['episode_length']
     if _given(values, 'control_period'):
         document['dt'] = float(values['control_period'])
+    if _termination(values):
+        document['termination'] = _termination(values)
     return document
 
 
 def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict:
-    """A new task around ``env_id``: every part of it must be given."""
+    """A new task around ``env_id``, or a robot without a simulator: every part given."""
     name = values.get('task') or ''
-    env_id = values['env_id']
+    env_id = values.get('env_id') or ''
     if not isinstance(env_id, str):
         raise TaskParameterError('env_id', f'expected a gymnasium id, got {env_id!r}')
     if name in TASKS:
@@ -252,6 +252,14 @@ def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict
             f'{name!r} is a registered task: give the task env_id defines a name of its '
             'own, or leave env_id empty to use the registered one',
         )
+    what = (
+        f'a task defined by env_id ({env_id})'
+        if env_id
+        else (
+            f'task {name!r} is not registered ({", ".join(sorted(TASKS))}), so the file defines '
+            'a robot task without a simulator: it'
+        )
+    )
     observation_names = _names(values, 'observation_names')
     action_names = _names(values, 'action_names')
     n, m = len(observation_names), len(action_names)
@@ -271,11 +279,11 @@ def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict
         if not ok:
             missing.append(key)
     if missing:
-        raise TaskParameterError(
-            missing[0],
-            f'a task defined by env_id ({env_id}) needs {", ".join(missing)} as well',
-        )
-    _check_env_id(env_id)
+        # Without env_id the likelier mistake is the task's name (a typo of a registered one).
+        parameter = missing[0] if env_id else 'task'
+        raise TaskParameterError(parameter, f'{what} needs {", ".join(missing)} as well')
+    if env_id:
+        _check_env_id(env_id)
     pairs = _angle_pairs(values, n)
     return {
         'name': name,
@@ -291,7 +299,57 @@ def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict
         'dt': float(values['control_period']),
         'observation_low': _numbers(values, 'observation_low', n),
         'observation_high': _numbers(values, 'observation_high', n),
+        'termination': _termination(values),
     }
+
+
+def _termination(values: Mapping[str, Any]) -> str:
+    termination = values.get('termination') or ''
+    if not isinstance(termination, str):
+        raise TaskParameterError('termination', f'expected an expression, got {termination!r}')
+    return termination
+
+
+def check_termination(task: TaskSpec) -> None:
+    """Refuse a termination expression that does not compile or cannot judge a state.
+
+    It is evaluated once on the middle and the corners of the observation bounds.
+
+    Raises
+    ------
+    TaskParameterError
+        For parameter ``termination``.
+    """
+    if not task.termination:
+        return
+    try:
+        terminated = task.termination_function()
+    except ValueError as error:
+        raise TaskParameterError(
+            'termination',
+            f'{task.termination!r} is not a termination condition: {error} (an expression '
+            f'of the observation names {list(task.observation_names)}, true where an episode '
+            'ends)',
+        ) from None
+    observations = np.stack(
+        [
+            0.5 * (task.observation_low + task.observation_high),
+            task.observation_low,
+            task.observation_high,
+        ]
+    )
+    try:
+        ends = np.asarray(terminated(observations))
+    except Exception as error:  # evaluation of a parsed, whitelisted expression
+        raise TaskParameterError(
+            'termination',
+            f'{task.termination!r} cannot judge observations {list(task.observation_names)}: '
+            f'{type(error).__name__}: {error}',
+        ) from None
+    if ends.shape != (3,):
+        raise TaskParameterError(
+            'termination', f'{task.termination!r} gives shape {ends.shape} for 3 states, not (3,)'
+        )
 
 
 def task_from_parameters(
@@ -324,7 +382,7 @@ def task_from_parameters(
             f'name the task: a registered one ({", ".join(sorted(TASKS))}) or the name of '
             'the task env_id defines',
         )
-    if _given(values, 'env_id'):
+    if _given(values, 'env_id') or values.get('task') not in TASKS:
         document = _defined_document(values, given)
     else:
         document = _registered_document(values, given)
@@ -336,4 +394,5 @@ def task_from_parameters(
         field = match.group(1) if match else 'task'
         raise TaskParameterError(_FIELD_PARAMETER.get(field, field), str(error)) from None
     check_reward(task)
+    check_termination(task)
     return task

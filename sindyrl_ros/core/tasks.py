@@ -56,7 +56,8 @@ class TaskSpec:
     name : str
         Registry key, e.g. ``'pendulum'``.
     env_id : str
-        gymnasium id of the real plant (``'module:Env-v0'`` imports ``module`` first).
+        gymnasium id of the simulated plant (``'module:Env-v0'`` imports ``module`` first);
+        empty for a robot without a simulator (then only a real plant provides data).
     observation_names : tuple of str, length n
     action_names : tuple of str, length m
     action_low, action_high : ndarray, shape (m,)
@@ -77,6 +78,13 @@ class TaskSpec:
         Bounds of plausible observations: a surrogate state outside is a divergence.
     env_kwargs : dict
         Keyword arguments of ``gymnasium.make``.
+    saturation : dict
+        ``{observation name: (low, high)}`` where the plant clips a feature.
+    termination : str
+        Expression of the observation names (the observation after a step; the reward
+        expression's whitelist) that ends an episode where it is true, e.g.
+        ``'abs(theta) > 0.2'``; empty = episodes end only after ``episode_length`` steps
+        (or when the simulator says so).
     """
 
     name: str
@@ -94,6 +102,7 @@ class TaskSpec:
     observation_high: np.ndarray
     env_kwargs: dict = field(default_factory=dict)
     saturation: dict = field(default_factory=dict)
+    termination: str = ''
 
     def __post_init__(self) -> None:
         where = f'task {self.name!r}'
@@ -153,6 +162,16 @@ class TaskSpec:
                 raise FormatError(f'{where}.saturation.{name}: low must be below high')
             saturation[name] = (float(low), float(high))
         self.saturation = saturation
+        if not isinstance(self.env_id, str):
+            raise FormatError(f'{where}.env_id: expected a gymnasium id or an empty string')
+        if not isinstance(self.termination, str):
+            raise FormatError(f'{where}.termination: expected an expression or an empty string')
+        self.termination = self.termination.strip()
+
+    @property
+    def has_simulator(self) -> bool:
+        """Whether a gymnasium environment plays this task's plant (``env_id`` given)."""
+        return bool(self.env_id)
 
     @property
     def observation_dim(self) -> int:
@@ -166,7 +185,17 @@ class TaskSpec:
         """Build the real environment; with a seed, its next episodes are reproducible.
 
         The observation and action spaces are checked against the task's names.
+
+        Raises
+        ------
+        ValueError
+            For a task without a simulator (no ``env_id``).
         """
+        if not self.env_id:
+            raise ValueError(
+                f'task {self.name!r} has no simulator (no env_id): it runs on a real plant '
+                '(backend ros2_control, gazebo or serial)'
+            )
         if self.env_id.startswith('sindyrl_ros/'):
             from sindyrl_ros.core import envs
 
@@ -211,6 +240,32 @@ class TaskSpec:
             return reward.REWARDS[self.reward]
         return reward.expression_reward(self.reward, self.observation_names, self.action_names)
 
+    def termination_function(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``fn(observations (N, n)) -> bool (N,)`` from ``termination``; None without one.
+
+        A non-finite value of the expression counts as terminated (the state left what the
+        expression can judge).
+
+        Raises
+        ------
+        ValueError
+            For an expression that does not parse or uses anything not allowed.
+        """
+        if not self.termination:
+            return None
+        from sindyrl_ros.core import reward
+
+        expression = reward.expression_reward(self.termination, self.observation_names, ())
+
+        def terminated(observations: np.ndarray) -> np.ndarray:
+            observations = np.atleast_2d(np.asarray(observations, dtype=np.float64))
+            actions = np.empty((observations.shape[0], 0))
+            value = expression(observations, actions, observations)
+            return ~np.isfinite(value) | (value != 0.0)
+
+        terminated.expression = self.termination  # type: ignore[attr-defined]
+        return terminated
+
     def to_dict(self) -> dict:
         """JSON-ready dict, readable back by :meth:`from_dict`."""
         return {
@@ -229,6 +284,7 @@ class TaskSpec:
             'observation_high': self.observation_high.tolist(),
             'env_kwargs': dict(self.env_kwargs),
             'saturation': {name: list(limits) for name, limits in self.saturation.items()},
+            'termination': self.termination,
         }
 
     @classmethod
@@ -238,7 +294,8 @@ class TaskSpec:
         Required keys: ``name``, ``env_id``, ``observation_names``, ``action_names``,
         ``action_low``, ``action_high``, ``reward``, ``threshold``, ``episode_length``,
         ``dt``, ``observation_low``, ``observation_high``; optional: ``angle_pairs``
-        (default none), ``env_kwargs``, ``saturation``.
+        (default none), ``env_kwargs``, ``saturation``, ``termination``. ``env_id`` may
+        be empty (a robot without a simulator).
 
         Raises
         ------
@@ -250,7 +307,8 @@ class TaskSpec:
         missing = [key for key in _REQUIRED_FIELDS if key not in document]
         if missing:
             raise FormatError(f'{where}: missing field(s) {missing}')
-        known = set(_REQUIRED_FIELDS) | {'angle_pairs', 'env_kwargs', 'saturation'}
+        optional = {'angle_pairs', 'env_kwargs', 'saturation', 'termination'}
+        known = set(_REQUIRED_FIELDS) | optional
         unknown = sorted(set(document) - known)
         if unknown:
             raise FormatError(f'{where}: unknown field(s) {unknown}; known: {sorted(known)}')
@@ -281,6 +339,7 @@ class TaskSpec:
             observation_high=require(document, 'observation_high', (list, tuple), where),
             env_kwargs=document.get('env_kwargs', {}) or {},
             saturation=document.get('saturation', {}) or {},
+            termination=document.get('termination', '') or '',
         )
 
 

@@ -161,7 +161,8 @@ SHARED_PARAMETERS = [
         '',
         'gymnasium id of the simulated plant of a task defined in the parameter file '
         "(e.g. MountainCarContinuous-v0; 'module:Env-v0' imports module); empty = the "
-        'registered task named by task' + _SHARED_DESCRIPTION,
+        'registered task named by task, or a robot task without a simulator when task is '
+        'not registered' + _SHARED_DESCRIPTION,
         read_only=True,
     ),
     ParamSpec(
@@ -172,6 +173,14 @@ SHARED_PARAMETERS = [
         "observation after the step; parsed against a whitelist, never eval'd), or "
         "'learned' (fitted from the rewards the plant reports on /sindyrl/reward); empty = "
         "the registered task's" + _SHARED_DESCRIPTION,
+        read_only=True,
+    ),
+    ParamSpec(
+        'termination',
+        '',
+        'Expression of the observation names that ends an episode where true (the reward '
+        "expression's whitelist; the observation after a step), e.g. 'abs(theta) > 0.2'; "
+        'empty = episodes end after episode_length steps' + _SHARED_DESCRIPTION,
         read_only=True,
     ),
     ParamSpec(
