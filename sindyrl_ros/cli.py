@@ -101,6 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
         '--name', default='sindyrl_policy',
         help='name of the generated function (default: %(default)s)',
     )
+    params = commands.add_parser(
+        'params', help="write the reference of every node's parameters (docs/parameters.md)",
+        description="Render every node's parameters (name, type, default, range, read-only, "
+        'description) from their declarations as Markdown, the reference `ros2 param '
+        'describe` would give.',
+    )
+    params.add_argument(
+        '--out', type=Path, default=None,
+        help="file to write, '-' for standard output (default: the source tree's "
+        'docs/parameters.md)',
+    )
+    params.add_argument(
+        '--check', action='store_true',
+        help='write nothing; exit 1 if the file is missing or out of date',
+    )
     commands.add_parser(
         'rig-emulator', add_help=False,
         help='a simulated rig behind the serial protocol, on a pty (see rig-emulator --help)',
@@ -549,6 +564,26 @@ def export(arguments) -> int:
     return 0
 
 
+def params(arguments) -> int:
+    """`sindyrl-ros params`: write (or --check) the node parameter reference."""
+    from sindyrl_ros import param_reference
+
+    if str(arguments.out) == '-':
+        sys.stdout.write(param_reference.render())
+        return 0
+    path = arguments.out or param_reference.default_path()
+    if arguments.check:
+        problem = param_reference.stale(path)
+        if problem:
+            print(f'sindyrl-ros params: {problem}', file=sys.stderr)
+            return 1
+        print(f'sindyrl-ros params: {path} is up to date')
+        return 0
+    changed = param_reference.write(path)
+    print(f'sindyrl-ros params: {path} {"written" if changed else "was already up to date"}')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ['rig-emulator']:
@@ -562,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         return deploy(arguments)
     if arguments.command == 'export':
         return export(arguments)
+    if arguments.command == 'params':
+        return params(arguments)
     return 2
 
 
