@@ -68,6 +68,13 @@ REWARD_TOPIC = '/sindyrl/reward'
 REWARD_NAME = 'reward'
 EXPLORE = 'explore'
 EVALUATE = 'evaluate'
+# Seconds an observation no action answered is kept behind the newest answered one (an
+# answer that late never comes on one host), checked once this many are buffered.
+UNANSWERED_KEEP_S = 5.0
+_UNANSWERED_PRUNE = 2048
+# Seconds an observation no action answered is kept behind the newest answered one: an
+# answer arriving later than that (it never does on one host) no longer pairs.
+UNANSWERED_KEEP_S = 5.0
 RECORDING_METADATA = 'sindyrl_ros/recording'
 
 JOINT_STATE_TYPE = 'sensor_msgs/msg/JointState'
@@ -443,9 +450,16 @@ class TransitionAssembler:
     """Pairs stamped observations and actions into transitions, by stamp.
 
     Observation k (stamp t_k), the action answering it (stamped t_k) and observation k+1
-    (the next stamp after t_k) form a transition when the step ``t_{k+1} - t_k`` is at
-    most ``gap_factor * control_period`` and no feature jumps by more than
-    ``max_jump`` (a plant reset moves the state without a step of the dynamics).
+    form a transition when the step ``t_{k+1} - t_k`` is at most ``gap_factor *
+    control_period`` and no feature jumps by more than ``max_jump`` (a plant reset moves
+    the state without a step of the dynamics). Observation k+1 is the next *answered*
+    observation (the next one an action answers) when there is one within the gap, else
+    the observation nearest one control period later (at least half a period later). So
+    transitions stay at the control period when a robot's joint states (and so the
+    observations) come faster than the controller answers them (a broadcaster at
+    100 Hz–1 kHz, control at 20 Hz), and a state whose answer was lost still ends the step
+    before it. Observations nobody answered
+    are kept only ``UNANSWERED_KEEP_S`` behind the newest answered one.
     Consecutive transitions of the same mode form a trajectory; a gap, a jump or a
     change of mode (explore/evaluate/safe) ends it. Arrival order never matters: the
     pairing is recomputed around each new message, so a late message completes the
@@ -478,8 +492,13 @@ class TransitionAssembler:
         self.gap_factor = float(gap_factor)
         self.max_gap_ns = int(round(self.gap_factor * self.control_period * _NS))
         self.max_jump = None if max_jump is None else np.asarray(max_jump, dtype=np.float64)
+        self.period_ns = int(round(self.control_period * _NS))
+        self.min_step_ns = self.period_ns // 2
         self._stamps: list[int] = []  # sorted observation stamps
+        self._answered_stamps: list[int] = []  # sorted stamps with an observation and an action
         self._observations: dict[int, np.ndarray] = {}
+        self._unanswered = 0  # observations without an action
+        self._pruned_below = -(2**63)  # unanswered observations before this are pruned
         self._actions: dict[int, tuple[np.ndarray, str]] = {}
         self._rewards: dict[int, float] = {}
         self._complete: dict[int, str] = {}  # stamp of observation k -> mode of its transition
@@ -494,24 +513,64 @@ class TransitionAssembler:
             self.duplicates += 1
             return 0
         self._observations[stamp_ns] = np.array(observation, dtype=np.float64)
-        index = bisect.bisect_left(self._stamps, stamp_ns)
-        self._stamps.insert(index, stamp_ns)
-        completed = self._recheck(stamp_ns)
-        if index > 0:
-            completed += self._recheck(self._stamps[index - 1])
-        return completed
+        bisect.insort(self._stamps, stamp_ns)
+        if stamp_ns in self._actions:
+            return self._answered(stamp_ns)
+        self._unanswered += 1
+        # It may end the step of the answered observation before it.
+        index = bisect.bisect_left(self._answered_stamps, stamp_ns)
+        return self._recheck(self._answered_stamps[index - 1]) if index > 0 else 0
 
     def add_action(self, stamp_ns: int, action: np.ndarray, mode: str) -> int:
         """Add the action answering the observation stamped ``stamp_ns``.
 
-        Returns how many transitions it completed (0 or 1).
+        Returns how many transitions it completed (0 to 2: its own and the previous one).
         """
         stamp_ns = int(stamp_ns)
         if stamp_ns in self._actions:
             self.duplicates += 1
             return 0
         self._actions[stamp_ns] = (np.array(action, dtype=np.float64).reshape(-1), str(mode))
-        return self._recheck(stamp_ns)
+        if stamp_ns not in self._observations:
+            return 0
+        self._unanswered -= 1
+        return self._answered(stamp_ns)
+
+    def _answered(self, stamp_ns: int) -> int:
+        """An observation and its action are both here: recheck it and the answer before."""
+        index = bisect.bisect_left(self._answered_stamps, stamp_ns)
+        self._answered_stamps.insert(index, stamp_ns)
+        completed = self._recheck(stamp_ns)
+        if index > 0:
+            completed += self._recheck(self._answered_stamps[index - 1])
+        if self._unanswered > _UNANSWERED_PRUNE:
+            self._forget_unanswered()
+        return completed
+
+    def _forget_unanswered(self) -> None:
+        """Drop observations nobody answered that lie well behind the newest answer.
+
+        An observation that ends a complete transition (a step whose next state went
+        unanswered) is kept: its trajectory needs it.
+        """
+        floor = self._answered_stamps[-1] - int(UNANSWERED_KEEP_S * _NS)
+        start = bisect.bisect_left(self._answered_stamps, self._pruned_below)
+        end = bisect.bisect_left(self._answered_stamps, floor)
+        needed = {
+            self._next_stamp(stamp)
+            for stamp in self._answered_stamps[start:end]
+            if stamp in self._complete
+        }
+        cut = bisect.bisect_left(self._stamps, floor)
+        kept = []
+        for stamp in self._stamps[:cut]:
+            if stamp in self._actions or stamp in needed or stamp < self._pruned_below:
+                kept.append(stamp)
+            else:
+                del self._observations[stamp]
+                self._unanswered -= 1
+        self._stamps[:cut] = kept
+        self._pruned_below = floor
 
     def add_reward(self, stamp_ns: int, reward: float) -> bool:
         """Add the reward of the step from the observation stamped ``stamp_ns``.
@@ -530,8 +589,22 @@ class TransitionAssembler:
         return True
 
     def _next_stamp(self, stamp_ns: int) -> int | None:
-        index = bisect.bisect_right(self._stamps, stamp_ns)
-        return self._stamps[index] if index < len(self._stamps) else None
+        """The observation that ends the step from ``stamp_ns`` (see the class docstring)."""
+        index = bisect.bisect_right(self._answered_stamps, stamp_ns)
+        if index < len(self._answered_stamps):
+            answered = self._answered_stamps[index]
+            if answered - stamp_ns <= self.max_gap_ns:
+                return answered
+        # No answer within the gap: the observation nearest one control period later.
+        target = stamp_ns + self.period_ns
+        index = bisect.bisect_left(self._stamps, target)
+        candidates = [
+            self._stamps[i]
+            for i in (index - 1, index)
+            if 0 <= i < len(self._stamps)
+            and self.min_step_ns <= self._stamps[i] - stamp_ns <= self.max_gap_ns
+        ]
+        return min(candidates, key=lambda s: abs(s - target)) if candidates else None
 
     def _recheck(self, stamp_ns: int) -> int:
         """Re-derive whether the transition starting at ``stamp_ns`` is complete.
@@ -549,10 +622,8 @@ class TransitionAssembler:
         return 0 if previous is not None else 1
 
     def _transition_mode(self, stamp_ns: int) -> str | None:
-        observation = self._observations.get(stamp_ns)
-        answer = self._actions.get(stamp_ns)
-        if observation is None or answer is None:
-            return None
+        observation = self._observations[stamp_ns]
+        answer = self._actions[stamp_ns]
         next_stamp = self._next_stamp(stamp_ns)
         if next_stamp is None or next_stamp - stamp_ns > self.max_gap_ns:
             return None
@@ -567,8 +638,8 @@ class TransitionAssembler:
     # -- output --------------------------------------------------------------
     @property
     def n_observations(self) -> int:
-        """Observations buffered."""
-        return len(self._stamps)
+        """Observations buffered (answered or not)."""
+        return len(self._observations)
 
     @property
     def n_actions(self) -> int:
@@ -636,7 +707,7 @@ class TransitionAssembler:
             run.clear()
 
         expected_next = None
-        for stamp in self._stamps:
+        for stamp in self._answered_stamps:
             mode = self._complete.get(stamp)
             usable = mode is not None and (allowed is None or mode in allowed)
             usable = usable and (not rewards or stamp in self._rewards)
@@ -651,7 +722,7 @@ class TransitionAssembler:
         return trajectories
 
     def observations(self) -> np.ndarray:
-        """All buffered observations in stamp order, shape (K, n)."""
+        """All answered observations in stamp order, shape (K, n)."""
         if not self._stamps:
             return np.zeros((0, 0))
         return np.stack([self._observations[s] for s in self._stamps])

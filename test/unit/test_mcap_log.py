@@ -257,3 +257,34 @@ def test_needs_no_rclpy():
     """core/ must run where ROS is not installed: the MCAP code writes CDR from schema text."""
     code = 'import sys, sindyrl_ros.core.mcap_log; assert "rclpy" not in sys.modules'
     subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+
+
+def test_fast_joint_states_pair_at_the_control_period():
+    """A robot's broadcaster at 1 kHz, a controller answering every 50th observation (with
+    jitter): transitions run from one answered observation to the next, never to the
+    observation a millisecond later, and unanswered observations do not pile up."""
+    rng = np.random.default_rng(7)
+    observations, actions = pendulum_episode(seed=8, steps=400)
+    assembler = TransitionAssembler(DT, gap_factor=1.5)
+    answered = []
+    stamp = 0
+    for k, observation in enumerate(observations):
+        answered.append(stamp)
+        assembler.add_observation(stamp, observation)
+        # 49 to 50 states in between: the controller's timer jitters (not before the last
+        # state, which no answer follows: the state nearest a control period ends that step).
+        steps_between = 50 - int(rng.integers(0, 2)) if 0 < k < len(actions) - 1 else 50
+        for j in range(1, steps_between):
+            assembler.add_observation(stamp + j * 1_000_000, observation + 1e-3 * j)
+        if k < len(actions):
+            assembler.add_action(stamp, actions[k], 'explore')
+        stamp += steps_between * 1_000_000
+    # The last observation was never answered: it ends the last step all the same.
+    trajectories = assembler.trajectories()
+    assert len(trajectories) == 1
+    np.testing.assert_array_equal(trajectories[0].observations, observations)
+    np.testing.assert_array_equal(trajectories[0].actions, actions)
+    np.testing.assert_array_equal(trajectories[0].times, np.asarray(answered) / 1e9)
+    assert assembler.transition_counts() == {'explore': len(actions)}
+    # 400 steps of 49 unanswered observations = 19,600; kept: about 5 s of them.
+    assert assembler.n_observations < 2 * (2048 + 5_000)
