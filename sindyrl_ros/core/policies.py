@@ -546,8 +546,33 @@ def policy_from_dict(
     ------
     FormatError
         Wrong format/version/kind, missing field, wrong shape, non-finite number or
-        mismatched names; the message names the field.
+        mismatched names; the message names the field. Nothing else: whatever the
+        document holds, a controller must be able to refuse it and keep running.
     """
+    try:
+        return _policy_from_dict(
+            document, where, expected_observation_names, expected_action_names
+        )
+    except FormatError as error:
+        raise FormatError(_short(str(error))) from None
+    except Exception as error:  # total: any other failure is a refusal too
+        raise FormatError(
+            _short(f'{where}: invalid policy ({type(error).__name__}: {error})')
+        ) from None
+
+
+def _short(message: str, limit: int = 1000) -> str:
+    """``message`` cut to ``limit`` characters: a refusal quotes the input, not megabytes."""
+    return message if len(message) <= limit else f'{message[:limit]}... (cut)'
+
+
+def _policy_from_dict(
+    document: Any,
+    where: str,
+    expected_observation_names: Sequence[str] | None,
+    expected_action_names: Sequence[str] | None,
+) -> MLPPolicy | SparsePolynomialPolicy:
+    """:func:`policy_from_dict` without its last-resort conversion of other exceptions."""
     check_document(document, POLICY_FORMAT, SUPPORTED_POLICY_VERSIONS, where)
     kind = require(document, 'kind', str, where)
     if kind not in _POLICY_KINDS:
@@ -594,8 +619,15 @@ def policy_from_json(
     expected_observation_names: Sequence[str] | None = None,
     expected_action_names: Sequence[str] | None = None,
 ) -> MLPPolicy | SparsePolynomialPolicy:
-    """Parse a JSON policy string (e.g. a ``/sindyrl/policy`` message); see policy_from_dict."""
-    document = document_from_json(text, POLICY_FORMAT, SUPPORTED_POLICY_VERSIONS, where)
+    """Parse a JSON policy string (e.g. a ``/sindyrl/policy`` message); see policy_from_dict.
+
+    Total: any text (capped at ``serialization.MAX_DOCUMENT_BYTES``) gives a policy or a
+    :class:`FormatError` saying what is wrong and where.
+    """
+    try:
+        document = document_from_json(text, POLICY_FORMAT, SUPPORTED_POLICY_VERSIONS, where)
+    except FormatError as error:
+        raise FormatError(_short(str(error))) from None
     return policy_from_dict(document, where, expected_observation_names, expected_action_names)
 
 
@@ -604,8 +636,15 @@ def load_policy(
     expected_observation_names: Sequence[str] | None = None,
     expected_action_names: Sequence[str] | None = None,
 ) -> MLPPolicy | SparsePolynomialPolicy:
-    """Read and validate a policy file; see :func:`policy_from_dict`."""
-    document = load_json_document(path, POLICY_FORMAT, SUPPORTED_POLICY_VERSIONS)
+    """Read and validate a policy file; see :func:`policy_from_dict`.
+
+    Only a regular file of at most ``serialization.MAX_DOCUMENT_BYTES`` is read; anything
+    else is a :class:`FormatError` naming the file (``FileNotFoundError`` if it is missing).
+    """
+    try:
+        document = load_json_document(path, POLICY_FORMAT, SUPPORTED_POLICY_VERSIONS)
+    except FormatError as error:
+        raise FormatError(_short(str(error))) from None
     return policy_from_dict(document, str(path), expected_observation_names, expected_action_names)
 
 

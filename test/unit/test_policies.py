@@ -232,6 +232,91 @@ def test_refuses_truncated_and_mismatched_files(tmp_path):
         policy_from_json('[1, 2, 3]')
 
 
+def _hostile_policy_texts():
+    """(label, text or bytes, what the refusal must say) of inputs that once escaped as
+    other exceptions (OverflowError, ValueError, RecursionError) or were not refused."""
+    good = make_known_polynomial_policy().to_dict()
+    compact = json.dumps(good, separators=(',', ':'))
+    first = json.dumps(good['coefficients'][0][0])
+
+    def coefficient(literal):
+        return compact.replace(f'"coefficients":[[{first}]', f'"coefficients":[[{literal}]', 1)
+
+    mlp = json.dumps(make_mlp(hidden=(2,)).to_dict(), separators=(',', ':'))
+    deep = '[' * 5000 + ']' * 5000
+    return [
+        ('400-digit weight', coefficient('9' * 400), r'coefficients\[0\]\[0\]: .*400 digits'),
+        ('5000-digit weight', coefficient('9' * 5000), r'coefficients\[0\]\[0\]: .*5000'),
+        (
+            '5000-digit version',
+            compact.replace('"version":1', '"version":' + '7' * 5000),
+            'version',
+        ),
+        (
+            '400-digit limit',
+            compact.replace('"action_low":[-2.0]', '"action_low":[-' + '9' * 400 + ']'),
+            r'action_low\[0\]',
+        ),
+        (
+            '400-digit MLP weight',
+            mlp.replace('"weight":[[', '"weight":[[' + '9' * 400 + ',', 1),
+            r'layers\[0\]\.weight\[0\]\[0\]',
+        ),
+        ('nested 5000 deep', coefficient(deep), 'nested 5003 deep'),
+        ('nested metadata', compact[:-1] + ',"extra":' + deep + '}', 'nested'),
+        ('NaN literal', coefficient('NaN'), r'coefficients\[0\]\[0\]: NaN'),
+        ('Infinity literal', coefficient('-Infinity'), r'coefficients\[0\]\[0\]: -Infinity'),
+        ('float overflow', coefficient('1e400'), r'coefficients\[0\]\[0\]: number 1e400'),
+        ('non-UTF-8 bytes', b'\xff\xfe' + compact.encode(), 'not UTF-8'),
+        ('UTF-16 bytes', compact.encode('utf-16'), 'not UTF-8'),
+        ('lone surrogate', compact.replace('"source"', '"\\ud800"'), 'surrogate'),
+        ('bool kind', compact.replace('"kind":"sparse_polynomial"', '"kind":true'), 'kind'),
+        ('list kind', compact.replace('"kind":"sparse_polynomial"', '"kind":[1]'), 'kind'),
+        (
+            'string limits',
+            compact.replace('"action_low":[-2.0]', '"action_low":"-2"'),
+            'action_low',
+        ),
+        ('object weights', coefficient('{"a":1}'), 'coefficients'),
+        ('null powers', compact.replace('"powers":', '"powers":null,"x":', 1), 'powers'),
+        ('a number', '42', 'top level'),
+        ('nothing', '', 'not valid JSON'),
+        ('not text', 42, 'expected JSON text'),
+        ('oversized', compact[:-1] + ',"pad":"' + 'x' * (9 * 2**20) + '"}', 'cap'),
+        ('huge array', coefficient(','.join(['0.5'] * 4_500_000)), 'cap'),
+    ]
+
+
+@pytest.mark.parametrize(
+    ('text', 'expected'),
+    [pytest.param(text, expected, id=label) for label, text, expected in _hostile_policy_texts()],
+)
+def test_policy_parsing_is_total(text, expected):
+    """Each hostile policy message is a FormatError naming the problem and the field, never
+    another exception: the controller counts a refusal instead of crash-looping on the
+    latched topic. The error text stays short even when the input is megabytes.
+    """
+    with pytest.raises(FormatError, match=expected) as error:
+        policy_from_json(text, 'topic /sindyrl/policy', OBSERVATION_NAMES, ACTION_NAMES)
+    message = str(error.value)
+    assert message.startswith('topic /sindyrl/policy'), message
+    assert len(message) <= 1100
+
+
+def test_policy_file_parsing_is_total(tmp_path):
+    """The same inputs as files: FormatError naming the file, never another exception."""
+    for index, (label, text, expected) in enumerate(_hostile_policy_texts()):
+        if not isinstance(text, (str, bytes)):
+            continue
+        path = tmp_path / f'policy_{index}.json'
+        path.write_bytes(
+            text if isinstance(text, bytes) else text.encode('utf-8', 'surrogatepass')
+        )
+        with pytest.raises(FormatError, match=expected) as error:
+            load_policy(path, OBSERVATION_NAMES, ACTION_NAMES)
+        assert str(error.value).startswith(str(path)), (label, str(error.value)[:200])
+
+
 def test_distillation_recovers_known_polynomial_controller():
     teacher = make_known_polynomial_policy()
     observations = pendulum_states(3000, seed=2)

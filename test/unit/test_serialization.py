@@ -1,6 +1,8 @@
 """JSON model files: round trip predicts identically; damaged files are refused with a reason."""
 
 import json
+import os
+import threading
 
 import gymnasium as gym
 import numpy as np
@@ -8,10 +10,12 @@ import pytest
 
 from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
 from sindyrl_ros.core.serialization import (
+    MAX_DOCUMENT_BYTES,
     FormatError,
     as_float_array,
     document_from_json,
     load_json_document,
+    parse_json_text,
     require,
     save_json_document,
 )
@@ -146,8 +150,8 @@ def test_refuses_non_finite_coefficient(saved):
     text = saved.read_text()
     document = json.loads(text)
     document['coefficients'][1][2] = float('nan')
-    saved.write_text(json.dumps(document))  # writes NaN, which Python's json accepts back
-    with pytest.raises(FormatError, match='coefficients: contains NaN'):
+    saved.write_text(json.dumps(document))  # writes NaN, which Python's json accepted back
+    with pytest.raises(FormatError, match=r'coefficients\[1\]\[2\]: NaN is not a JSON number'):
         SindyDynamics.load(saved)
 
 
@@ -204,3 +208,80 @@ def test_document_helpers(tmp_path):
     with pytest.raises(FormatError, match='<topic>'):
         document_from_json('{"format": "x/y"', 'x/y', {1}, '<topic>')
     assert issubclass(FormatError, ValueError)
+
+
+def _load_within(path, seconds=10.0):
+    """load_json_document in a daemon thread: what it raised, or 'hung' (a FIFO once did)."""
+    outcome = []
+
+    def run():
+        try:
+            load_json_document(path, 'x/y', {1})
+            outcome.append(None)
+        except BaseException as error:  # noqa: B036 - the test inspects whatever it was
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0] if outcome else 'hung'
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'dev_zero', 'directory', 'sparse_oversized', 'grown'])
+def test_only_regular_files_within_the_cap_are_read(tmp_path, kind):
+    """/dev/zero was read until MemoryError and a FIFO hung the reader; a directory or a
+    file over MAX_DOCUMENT_BYTES is refused before parsing, naming the path and the cause.
+    """
+    path = tmp_path / kind
+    if kind == 'fifo':
+        os.mkfifo(path)
+        expected = 'a FIFO, not a regular file'
+    elif kind == 'dev_zero':
+        path = '/dev/zero'
+        expected = 'a character device, not a regular file'
+    elif kind == 'directory':
+        path.mkdir()
+        expected = 'a directory, not a regular file'
+    elif kind == 'sparse_oversized':
+        with open(path, 'wb') as stream:
+            stream.truncate(50 * MAX_DOCUMENT_BYTES)  # 400 MiB claimed, no disk used
+        expected = f'{50 * MAX_DOCUMENT_BYTES} bytes, larger than the {MAX_DOCUMENT_BYTES}'
+    else:
+        path.write_text('{"format": "x/y", "version": 1, "pad": "' + 'x' * MAX_DOCUMENT_BYTES)
+        expected = 'larger than the'
+    error = _load_within(path)
+    assert isinstance(error, FormatError), error
+    assert str(error).startswith(str(path)) and expected in str(error), str(error)
+
+
+def test_parser_caps_depth_digits_and_literals_but_not_strings():
+    """Brackets inside strings do not count as nesting; real nesting, long integers, NaN and
+    overflowing floats are refused with the field path, non-UTF-8 with the byte offset."""
+    text = json.dumps({'note': '[' * 100 + '{' * 100, 'a': [[1, 2], [3, 4]], 'big': 10**299})
+    assert parse_json_text(text, 'doc')['big'] == 10**299
+    nested = '{"a": ' + '[' * 33 + ']' * 33 + '}'
+    with pytest.raises(FormatError, match='doc: arrays/objects nested 34 deep, more than 32'):
+        parse_json_text(nested, 'doc')
+    parse_json_text('{"a": ' + '[' * 31 + ']' * 31 + '}', 'doc')
+    with pytest.raises(FormatError, match=r'doc\.a\[1\]\.b: integer 1111.*301 digits'):
+        parse_json_text('{"a": [0, {"b": ' + '1' * 301 + '}]}', 'doc')
+    with pytest.raises(FormatError, match=r'doc\.a\[0\]: Infinity is not a JSON number'):
+        parse_json_text('{"a": [Infinity]}', 'doc')
+    with pytest.raises(FormatError, match=r'doc\.a: number -1e999 overflows a float'):
+        parse_json_text('{"a": -1e999}', 'doc')
+    with pytest.raises(FormatError, match=r'doc: not valid JSON: not UTF-8 text \(byte 7'):
+        parse_json_text(b'{"a": "\xc3\x28"}', 'doc')
+
+
+def test_model_card_with_a_huge_integer_is_a_format_error(saved):
+    """A model card goes through the same loader: a 400-digit coefficient once raised
+    OverflowError from numpy, a 5000-digit one ValueError from Python's int limit."""
+    text = saved.read_text()
+    marker = '"coefficients": ['
+    head, tail = text.split(marker, 1)
+    tail = tail[tail.index('[') :]  # past the whitespace json.dumps(indent=1) writes
+    first_end = min(tail.index(','), tail.index(']'))
+    for digits in (400, 5000):
+        saved.write_text(head + marker + '[' + '9' * digits + tail[first_end:])
+        with pytest.raises(FormatError, match=rf'coefficients\[0\]\[0\]: .*{digits} digits'):
+            SindyDynamics.load(saved)
