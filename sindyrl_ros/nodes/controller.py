@@ -451,14 +451,20 @@ class ControllerNode(Node):
         return response
 
     def _on_policy(self, message: String) -> None:
+        """Swap in a checked policy; anything wrong with it is a counted refusal.
+
+        Never raises: /sindyrl/policy is latched, so a message that killed this process
+        would kill every restart of it too. The current policy stays on any refusal.
+        """
         where = 'topic /sindyrl/policy'
         try:
             policy = policy_from_json(
                 message.data, where, self.observation_names, self.action_names
             )
-        except FormatError as error:
+        except Exception as error:  # FormatError, or anything the parser missed
+            detail = str(error) if isinstance(error, FormatError) else repr(error)[:1000]
             self.diagnostics.reject(
-                'policy_format', f'{error}; keeping the current policy', severity='error'
+                'policy_format', f'{detail}; keeping the current policy', severity='error'
             )
             return
         problem = self._sanity_check(policy)
@@ -472,7 +478,16 @@ class ControllerNode(Node):
         self._swap_in(policy, where)
 
     def _sanity_check(self, policy: NumpyPolicy) -> str | None:
-        """Why ``policy`` must not drive this robot, or None (checked on recent observations)."""
+        """Why ``policy`` must not drive this robot, or None (checked on recent observations).
+
+        Total: a check that fails in any way is a reason to refuse, never an exception.
+        """
+        try:
+            return self._check_policy_output(policy)
+        except Exception as error:  # a refusal, like a bad output
+            return f'check failed: {repr(error)[:1000]}'
+
+    def _check_policy_output(self, policy: NumpyPolicy) -> str | None:
         if policy.observation_dim != len(self.observation_names):
             return f'policy takes {policy.observation_dim} observations'
         if policy.action_dim != len(self.action_names):
@@ -482,10 +497,11 @@ class ControllerNode(Node):
         else:
             observations = np.zeros((1, len(self.observation_names)))
         try:
-            actions = np.asarray(policy.act_batch(observations), dtype=np.float64)
-            single = np.array(policy(np.ascontiguousarray(observations[-1])), dtype=np.float64)
-        except (ValueError, FloatingPointError, TypeError) as error:
-            return f'evaluation failed: {error}'
+            with np.errstate(all='ignore'):  # overflow shows as non-finite output, refused below
+                actions = np.asarray(policy.act_batch(observations), dtype=np.float64)
+                single = np.array(policy(np.ascontiguousarray(observations[-1])), dtype=np.float64)
+        except Exception as error:
+            return f'evaluation failed: {repr(error)[:1000]}'
         if actions.shape != (len(observations), len(self.action_names)):
             return f'act_batch gave shape {actions.shape}'
         if not (np.all(np.isfinite(actions)) and np.all(np.isfinite(single))):

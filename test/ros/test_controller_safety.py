@@ -648,3 +648,95 @@ def test_soft_start_blends_a_swapped_in_policy(ros_context, start_process, tmp_p
     assert probe.spin_until(lambda: probe.value('estop') == 'False')
     assert efforts(ramp_ticks + 1) == pytest.approx(blend(0.0, 1.0, ramp_ticks + 1), abs=1e-9)
     assert probe.watcher.count('/controller', 'soft_starts') >= 3
+
+
+# ---------------------------------------------------------------------------- (g) bad policies
+
+
+def malformed_policies():
+    """(label, refusal reason, message text) of policies the controller must refuse.
+
+    The first three once killed the controller (OverflowError, ValueError, RecursionError
+    escaped the policy check) and, the topic being latched, every restart of it.
+    """
+    import json
+
+    from sindyrl_ros.core.serialization import MAX_DOCUMENT_BYTES
+
+    good = json.dumps(constant_policy(0.25).to_dict(), separators=(',', ':'))
+
+    def coefficient(literal):
+        return good.replace('"coefficients":[[0.25]]', f'"coefficients":[[{literal}]]', 1)
+
+    assert coefficient('X') != good
+    # Parses, but inf - inf inside: 1e308 + 1e308 overflows in both hidden units, the
+    # output layer subtracts them, NaN comes out.
+    nan_inside = {
+        **json.loads(good),
+        'kind': 'mlp',
+        'hidden_activation': 'relu',
+        'layers': [
+            {'weight': [[1e308, 1e308, 0.0], [1e308, 1e308, 0.0]], 'bias': [1e308, 1e308]},
+            {'weight': [[1.0, -1.0]], 'bias': [0.0]},
+        ],
+    }
+    return [
+        ('400-digit weight', 'policy_format', coefficient('9' * 400)),
+        ('5000-digit weight', 'policy_format', coefficient('9' * 5000)),
+        ('nested 5000 deep', 'policy_format', coefficient('[' * 5000 + ']' * 5000)),
+        ('NaN literal', 'policy_format', coefficient('NaN')),
+        ('1e400', 'policy_format', coefficient('1e400')),
+        ('unpaired surrogate', 'policy_format', good.replace('"source"', '"\\udc00"')),
+        ('wrong types', 'policy_format', good.replace('"action_low":[-2.0]', '"action_low":{}')),
+        ('not a policy', 'policy_format', '[[[[1]]]]'),
+        ('over the size cap', 'policy_format', coefficient('0.25' + ' ' * MAX_DOCUMENT_BYTES)),
+        ('inf - inf inside', 'policy_output', json.dumps(nan_inside)),
+    ]
+
+
+def test_malformed_policies_are_refused_and_the_controller_keeps_running(
+    ros_context, start_process, tmp_path
+):
+    """Each malformed policy on /sindyrl/policy is a counted refusal: after every one the
+    controller process is alive, answers the next observation with the old policy's
+    command (finite, within the limits), and /diagnostics counts the refusal under its
+    reason; no policy is swapped in but the one from the file.
+    """
+    from std_msgs.msg import String
+
+    context, executor = ros_context
+    constant_policy(1.5).save(tmp_path / 'policy.json')
+    controller = start_controller(
+        start_process,
+        tmp_path,
+        {
+            'trigger': 'observation',
+            'mode': 'evaluate',
+            'policy_file': str(tmp_path / 'policy.json'),
+            'soft_start_time': 0.0,
+            'observation_timeout': 30.0,
+        },
+    )
+    probe = SafetyProbe(context, executor)
+    assert probe.spin_until(probe.connected, timeout=30), controller.output()
+    probe.handshake(controller)
+    assert probe.answer(process=controller)[1:] == ('evaluate', [1.5])
+
+    expected = {'policy_format': 0, 'policy_output': 0}
+    for label, reason, text in malformed_policies():
+        probe.policy.publish(String(data=text))
+        expected[reason] += 1
+        assert probe.spin_until(
+            lambda r=reason: probe.watcher.count('/controller', f'rejected.{r}') == expected[r],
+            timeout=30,
+        ), (label, controller.alive(), controller.output()[-3000:])
+        assert controller.alive(), (label, controller.output()[-3000:])
+        # The old policy still drives: a new observation gets its command.
+        assert probe.answer((1.0, 0.0, 0.5), controller)[1:] == ('evaluate', [1.5]), label
+    assert probe.watcher.count('/controller', 'policy_swaps') == 1
+    assert probe.watcher.count('/controller', 'rejected.policy_format') == 9
+    assert probe.watcher.count('/controller', 'rejected.policy_output') == 1
+    values = np.array([c[1] for c in probe.commands['effort_controller']])
+    assert np.all(np.isfinite(values)) and np.all(np.abs(values) <= 2.0)
+    assert controller.alive() and 'Traceback' not in controller.output()
+    assert controller.stop() == 0, controller.output()[-3000:]
