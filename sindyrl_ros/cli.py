@@ -498,16 +498,22 @@ def _summary_text(summary: dict, run_dir: Path, wall_time: float) -> str:
     return '\n'.join(lines)
 
 
+def _bad_policy_file(command: str, path: Path, error: Exception) -> int:
+    """One FATAL line naming the policy file and its problem; exit code 2, as the nodes
+    give for a bad configuration (a traceback tells an operator nothing about the file)."""
+    problem = f'{path}: no such file' if isinstance(error, FileNotFoundError) else str(error)
+    print(f'sindyrl-ros {command}: FATAL: {problem}', file=sys.stderr)
+    return 2
+
+
 def deploy(arguments) -> int:
-    if not arguments.policy.is_file():
-        raise SystemExit(f'sindyrl-ros deploy: policy file {arguments.policy} does not exist')
     from sindyrl_ros.core.policies import load_policy
     from sindyrl_ros.core.serialization import FormatError
 
     try:
         load_policy(arguments.policy)
     except (FormatError, OSError) as error:
-        raise SystemExit(f'sindyrl-ros deploy: {error}') from error
+        return _bad_policy_file('deploy', arguments.policy, error)
     specs = deploy_specs(arguments)
     log_dir = arguments.log_dir or Path(os.environ.get('TMPDIR', '/tmp')) / (
         f'sindyrl-ros-deploy-{time.strftime("%Y%m%d-%H%M%S")}'
@@ -540,7 +546,7 @@ def export(arguments) -> int:
     try:
         policy = load_policy(arguments.policy)
     except (FormatError, OSError) as error:
-        raise SystemExit(f'sindyrl-ros export: {error}') from error
+        return _bad_policy_file('export', arguments.policy, error)
     if not isinstance(policy, SparsePolynomialPolicy):
         raise SystemExit(
             f'sindyrl-ros export: {arguments.policy} holds a policy of kind {policy.kind!r}; only '

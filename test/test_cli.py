@@ -1,6 +1,7 @@
 """The sindyrl-ros command: help, argument errors, progress lines, run plots."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -27,11 +28,65 @@ def test_train_refuses_a_missing_parameter_file(tmp_path):
         cli.main(['train', '--config', str(tmp_path / 'nope.yaml'), '--run-dir', str(tmp_path)])
 
 
-def test_deploy_refuses_a_corrupt_policy_file(tmp_path):
-    policy = tmp_path / 'policy.json'
-    policy.write_text('{"format": "sindyrl_ros/policy", "version": 1, "kind": "ml')
-    with pytest.raises(SystemExit, match='policy'):
-        cli.main(['deploy', '--policy', str(policy)])
+def _bad_policy_files(tmp_path):
+    """(path, what the FATAL line must say) for files that once gave a traceback (exit 1),
+    read until MemoryError (/dev/zero) or hung (a FIFO)."""
+    import os
+
+    from sindyrl_ros.core.policies import SparsePolynomialPolicy
+    from sindyrl_ros.core.serialization import MAX_DOCUMENT_BYTES
+
+    good = SparsePolynomialPolicy([[0], [1]], [[0.0], [-1.5]], ['x'], ['u'], [-1.0], [1.0])
+    text = json.dumps(good.to_dict(), separators=(',', ':'))
+    assert '[[0.0],[-1.5]]' in text
+    files = {
+        'truncated.json': (text[: len(text) // 2], 'not valid JSON'),
+        'digits400.json': (text.replace('[-1.5]', '[-' + '9' * 400 + ']'), '400 digits'),
+        'digits5000.json': (text.replace('[-1.5]', '[' + '9' * 5000 + ']'), '5000 digits'),
+        'nested.json': (text.replace('[-1.5]', '[' * 5000 + ']' * 5000), 'nested'),
+        'nan.json': (text.replace('-1.5', 'NaN'), 'NaN is not a JSON number'),
+        'latin1.json': (text.replace('"x"', '"\xe9"').encode('latin-1'), 'not UTF-8'),
+    }
+    cases = []
+    for name, (content, expected) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        cases.append((path, expected))
+    oversized = tmp_path / 'oversized.json'
+    with open(oversized, 'wb') as stream:
+        stream.truncate(MAX_DOCUMENT_BYTES + 1)
+    fifo = tmp_path / 'fifo.json'
+    os.mkfifo(fifo)
+    directory = tmp_path / 'directory.json'
+    directory.mkdir()
+    return cases + [
+        (oversized, f'larger than the {MAX_DOCUMENT_BYTES}-byte cap'),
+        (fifo, 'a FIFO, not a regular file'),
+        (directory, 'a directory, not a regular file'),
+        (Path('/dev/zero'), 'a character device, not a regular file'),
+        (tmp_path / 'absent.json', 'no such file'),
+    ]
+
+
+@pytest.mark.parametrize('command', ['deploy', 'export'])
+def test_bad_policy_files_give_one_fatal_line_and_exit_2(tmp_path, command):
+    """deploy and export given a malformed, oversized or non-regular policy file: exit code 2
+    and one FATAL line on stderr naming the file and the problem; no traceback, no hang,
+    no node started."""
+    for path, expected in _bad_policy_files(tmp_path):
+        extra = ['--format', 'c'] if command == 'export' else ['--duration', '1']
+        result = subprocess.run(
+            [sys.executable, '-m', 'sindyrl_ros.cli', command, '--policy', str(path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (path, result.returncode, result.stderr[-2000:])
+        assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+        assert lines[0].startswith(f'sindyrl-ros {command}: FATAL: {path}'), lines[0][:300]
+        assert expected in lines[0], (expected, lines[0][:300])
+        assert len(lines[0]) < 1500 and result.stdout == '', lines[0][:300]
 
 
 def test_progress_lines_name_steps_models_policies_and_returns():

@@ -392,8 +392,8 @@ def read_document_file(path: str | os.PathLike, limit: int = MAX_DOCUMENT_BYTES)
         kind = os.stat(path).st_mode
     except FileNotFoundError:
         raise
-    except OSError as error:
-        raise FormatError(f'{path}: cannot read file: {error.strerror or error}') from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
+        raise FormatError(f'{path}: cannot read file: {error}') from None
     if not stat.S_ISREG(kind):
         raise FormatError(f'{path}: {_file_kind(kind)}, not a regular file')
     flags = os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_NOCTTY', 0)

@@ -283,7 +283,7 @@ def test_cli_writes_c_and_python_files(tmp_path, capsys):
     assert capsys.readouterr().out == module.read_text()
 
 
-def test_cli_refuses_mlp_and_corrupt_policies(tmp_path):
+def test_cli_refuses_mlp_and_corrupt_policies(tmp_path, capsys):
     rng = np.random.default_rng(0)
     mlp = MLPPolicy(
         [(rng.normal(size=(4, 5)), np.zeros(4)), (rng.normal(size=(1, 4)), np.zeros(1))],
@@ -302,8 +302,12 @@ def test_cli_refuses_mlp_and_corrupt_policies(tmp_path):
     document = sparse_policy().to_dict()
     document['coefficients'] = document['coefficients'][:-1]  # truncated
     corrupt.write_text(json.dumps(document))
-    with pytest.raises(SystemExit, match='corrupt.json'):
+    # A bad file is a configuration error: one FATAL line naming it, exit code 2.
+    assert (
         cli.main(['export', '--policy', str(corrupt), '--format', 'c', '--output', str(output)])
+        == 2
+    )
+    assert f'FATAL: {corrupt}.coefficients: expected shape' in capsys.readouterr().err
     sparse_file = tmp_path / 'sparse.json'
     sparse_policy().save(sparse_file)
     with pytest.raises(SystemExit, match='not a usable C function name'):
