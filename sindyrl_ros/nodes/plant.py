@@ -37,10 +37,13 @@ when the first real step happens (a plant that starts on its own spends real ste
 the supervisor is even listening).
 Paused steps are never counted: ``steps`` counts env.step calls only.
 
-Episodes end when the environment terminates or truncates or after ``episode_length``
-steps; the terminal state is published (its answer is consumed, not applied), then the
-environment resets and simulated time jumps by ``reset_time_gap`` so that downstream
-pairing by time stamp sees the reset as a gap, not as a transition.
+Episodes end when the environment terminates or truncates, when the task's
+``termination`` expression holds on the state after a step, or after ``episode_length``
+steps (the bookkeeping and scoring is ``core.episodes.EpisodeLedger``, shared with the
+serial bridge and the episodes node); the terminal state is published (its answer is
+consumed, not applied), then the environment resets and simulated time jumps by
+``reset_time_gap`` so that downstream pairing by time stamp sees the reset as a gap, not as
+a transition.
 
 Joint mapping: ``joint_names[i]`` gets position ``joint_positions[i]`` and velocity
 ``joint_velocities[i]``, each an observation name of the task (e.g. ``cart_x``) or, for
@@ -65,6 +68,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
+from sindyrl_ros.core.episodes import EpisodeLedger
 from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SHARED_PARAMETERS,
@@ -77,6 +81,7 @@ from sindyrl_ros.nodes.common import (
     declare_parameters,
     ns_to_stamp,
     run_node,
+    stamp_to_ns,
     task_from_parameters,
     vector_message,
 )
@@ -198,13 +203,15 @@ class PlantNode(Node):
         self._gap_ns = int(round(p.reset_time_gap * 1e9))
         self._zero_command = np.clip(np.zeros(self._action_dim), self.action_low, self.action_high)
 
-        # Episode bookkeeping; real_steps counts every env.step call since start-up.
-        self.real_steps = 0
+        # Episode bookkeeping: the ledger counts every env.step call since start-up.
+        self._ledger = EpisodeLedger(
+            None,  # the simulator gives each step's reward
+            self.episode_length,
+            self.task.name,
+            termination=self.task.termination_function(),
+        )
         self.episodes = 0
-        self._episode_return = 0.0
-        self._episode_steps = 0
-        self._episode_end = ''
-        self._last_action_mode = 'unknown'
+        self._episode_end = ''  # why the episode ends at the state just published
         self._time_ns = 0
         self._observation = np.zeros(len(self.observation_names))
         self._state_stamp_ns = 0
@@ -387,33 +394,30 @@ class PlantNode(Node):
         else:
             self._publish_state()
 
+    @property
+    def real_steps(self) -> int:
+        """Every env.step call since start-up."""
+        return self._ledger.real_steps
+
     def _begin_episode(self, observation: np.ndarray) -> None:
         self._observation = np.asarray(observation, dtype=np.float64).reshape(-1)
-        self._episode_return = 0.0
-        self._episode_steps = 0
         self._episode_end = ''
         self._time_ns += self._gap_ns  # the first state is at reset_time_gap, never 0
         self.diagnostics.set('episode_step', 0)
 
     def _finish_episode(self, reason: str) -> None:
         """Publish the finished episode (if it had steps), reset the environment."""
-        if self._episode_steps > 0:
+        self._ledger.end_episode(reason)  # nothing when a step already ended it
+        _, records = self._ledger.poll(time.monotonic())
+        for record in records:
             self.episodes += 1
             self.diagnostics.counters['episodes'] = self.episodes
-            self.diagnostics.set('last_return', f'{self._episode_return:.6g}')
-            record = {
-                'episode': self.episodes,
-                'return': self._episode_return,
-                'length': self._episode_steps,
-                'real_steps': self.real_steps,
-                'mode': self._last_action_mode,
-                'end': reason,
-                'task': self.task.name,
-            }
+            self.diagnostics.set('last_return', f'{record["return"]:.6g}')
             self._episode_publisher.publish(String(data=json.dumps(record)))
             self.get_logger().info(
-                f'episode {self.episodes} ({reason}): return {self._episode_return:.3f}, '
-                f'{self._episode_steps} steps, {self.real_steps} real steps in all'
+                f'episode {record["episode"]} ({record["end"]}): return '
+                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
+                'real steps in all'
             )
         observation, _ = self.env.reset()
         self._begin_episode(observation)
@@ -424,19 +428,25 @@ class PlantNode(Node):
         self._reward_message.header.stamp = ns_to_stamp(self._state_stamp_ns)
         self._reward_message.position[0] = float(reward)
         self._reward_publisher.publish(self._reward_message)
-        self.real_steps += 1
-        self.diagnostics.counters['steps'] = self.real_steps
-        self._episode_return += float(reward)
-        self._episode_steps += 1
         self._observation = np.asarray(observation, dtype=np.float64).reshape(-1)
+        start_ns = self._state_stamp_ns
         self._time_ns += self._dt_ns
-        self.diagnostics.set('episode_step', self._episode_steps)
-        if terminated:
-            self._episode_end = 'terminated'
-        elif truncated:
-            self._episode_end = 'truncated'
-        elif self._episode_steps >= self.episode_length:
-            self._episode_end = 'episode_length'
+        end = 'terminated' if terminated else ('truncated' if truncated else None)
+        self._episode_end = (
+            self._ledger.add_step(
+                start_ns,
+                self._time_ns,
+                action,
+                start_ns,
+                time.monotonic(),
+                reward=float(reward),
+                end=end,
+                observation_after=self._observation,
+            )
+            or ''
+        )
+        self.diagnostics.counters['steps'] = self.real_steps
+        self.diagnostics.set('episode_step', self._ledger.episode_steps)
 
     # ------------------------------------------------------------------ commands
 
@@ -499,8 +509,8 @@ class PlantNode(Node):
         self._publish_or_hold()
 
     def _on_action(self, message: JointState) -> None:
-        """Remember the controller's mode (explore/evaluate/safe) for the episode record."""
-        self._last_action_mode = message.header.frame_id or 'unknown'
+        """The controller's mode (explore/evaluate/safe) for the episode record."""
+        self._ledger.add_action(stamp_to_ns(message.header.stamp), message.header.frame_id)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         self._finish_episode('reset')
@@ -538,7 +548,7 @@ class PlantNode(Node):
                 self._publish_state()
             response.message = f'resumed after {now - self._paused_at:.3f} s'
         self.diagnostics.set('paused', self._paused)
-        self.get_logger().info(f'{response.message} (episode step {self._episode_steps})')
+        self.get_logger().info(f'{response.message} (episode step {self._ledger.episode_steps})')
         return response
 
     # ------------------------------------------------------------------ timers

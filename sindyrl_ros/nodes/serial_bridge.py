@@ -37,7 +37,7 @@ interface, for a rig that cannot stop time):
   two consecutive published STATEs, its action the command the rig echoes as applied;
   its reward needs the two observations, read from ``/sindyrl/observation``, and its
   mode is the controller's (``frame_id`` of ``/sindyrl/action``). The accounting itself
-  is :class:`sindyrl_ros.core.episode_ledger.EpisodeLedger`. ``stale_command_steps``
+  is :class:`sindyrl_ros.core.episodes.EpisodeLedger`. ``stale_command_steps``
   counts steps the rig took with a command that did not answer the state they started
   from: the controller's answer came later than the rig's next sample (the real-time
   contract was missed; a warning when more than a tenth of the last 200 steps did).
@@ -66,7 +66,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
-from sindyrl_ros.core.episode_ledger import EpisodeLedger
+from sindyrl_ros.core.episodes import EpisodeLedger
 from sindyrl_ros.core.rig_protocol import (
     DROP_REASONS,
     Command,

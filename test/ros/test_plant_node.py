@@ -138,6 +138,8 @@ def test_lockstep_refuses_bad_and_late_commands_and_counts_episodes(
     from sensor_msgs.msg import JointState
     from std_srvs.srv import Trigger
 
+    from sindyrl_ros.nodes import common
+
     context, executor = ros_context
     params = write_params(
         tmp_path / 'plant.yaml',
@@ -186,9 +188,11 @@ def test_lockstep_refuses_bad_and_late_commands_and_counts_episodes(
     ), watcher.latest.get('/plant')
     assert len(driver.states) == 1 and counter('steps') == 0
 
-    # A mode seen on /sindyrl/action goes into the episode record.
+    # The controller's mode, on /sindyrl/action stamped with the state it answered, goes
+    # into the episode record (the other steps' modes are unknown here).
     action = JointState(name=['torque'], effort=[0.0])
     action.header.frame_id = 'explore'
+    action.header.stamp = common.ns_to_stamp(first)
     driver.action_publisher.publish(action)
     spin_until(executor, lambda: False, timeout=0.3)
 
