@@ -313,3 +313,80 @@ def test_cli_refuses_mlp_and_corrupt_policies(tmp_path, capsys):
     with pytest.raises(SystemExit, match='not a usable C function name'):
         cli.main(['export', '--policy', str(sparse_file), '--format', 'c', '--name', 'int'])
     assert not output.exists()
+
+
+def _hostile_states(rng, dim=5):
+    """Observations with NaN or +-inf in each position, huge finite ones (1e200..1e300: every
+    monomial of degree >= 2 overflows, so mixed signs give inf - inf), and ordinary ones."""
+    rows = []
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in range(dim):
+            row = observations(n=1, seed=position, dim=dim)[0]
+            row[position] = bad
+            rows.append(row)
+    rows.append(np.full(dim, np.nan))
+    signs = rng.choice([-1.0, 1.0], (60, dim))
+    rows += list(signs * 10.0 ** rng.uniform(200, 300, (60, dim)))
+    one_huge = observations(n=40, seed=9, dim=dim)
+    one_huge[np.arange(40), rng.integers(0, dim, 40)] = rng.choice([-1e300, 1e300], 40)
+    rows += list(one_huge)
+    rows += list(observations(n=40, seed=10, dim=dim))
+    return np.array(rows)
+
+
+def _reference_actions(policy, states, safe):
+    """What an export must give: the safe command for a non-finite observation or a
+    non-finite polynomial value, else the value clipped into the limits."""
+    actions = np.empty((len(states), policy.action_dim))
+    values = np.empty((len(states), policy.action_dim))
+    finite_rows = np.all(np.isfinite(states), axis=1)
+    actions[~finite_rows] = safe
+    with np.errstate(all='ignore'):
+        features = policy.features(states[finite_rows])
+        for j in range(policy.action_dim):
+            used = policy.coefficients[:, j] != 0.0
+            value = (features[:, used] * policy.coefficients[used, j]).sum(axis=1)
+            clipped = np.clip(value, policy.action_low[j], policy.action_high[j])
+            actions[finite_rows, j] = np.where(np.isfinite(value), clipped, safe[j])
+            values[finite_rows, j] = value
+    return actions, values[finite_rows]
+
+
+@needs_compiler
+def test_exports_give_the_safe_command_for_nan_inf_and_overflow(tmp_path):
+    """NaN, +-inf and huge observations: the C header (compiled with -Werror) and the Python
+    function give the safe command for a non-finite observation or a non-finite polynomial
+    value (overflow, inf - inf), never NaN or a value outside the limits. The old clip
+    ``u < lo ? lo : (u > hi ? hi : u)`` let NaN through.
+    """
+    policy = sparse_policy(n_actions=2, n_terms=20, seed=11, low=-1.0)
+    safe = [0.25, 1.5]
+    states = _hostile_states(np.random.default_rng(12))
+    expected, values = _reference_actions(policy, states, np.array(safe))
+    # The cases are really there: NaN (inf - inf) and infinite values from finite inputs.
+    assert np.isnan(values).any() and np.isinf(values).any()
+    batch = compile_policy(export_c(policy, 'guarded', safe), 'guarded', 5, 2, tmp_path)
+    function = load_python(export_python(policy, 'guarded', safe), 'guarded')['guarded']
+    c_actions = batch(states)
+    python_actions = np.array([function(state) for state in states])
+    for actions in (c_actions, python_actions):
+        assert np.all(np.isfinite(actions))
+        assert np.all((actions >= policy.action_low) & (actions <= policy.action_high))
+        np.testing.assert_allclose(actions, expected, rtol=1e-9, atol=1e-9)
+        unsafe_inputs = ~np.all(np.isfinite(states), axis=1)
+        assert np.all(actions[unsafe_inputs] == safe)
+    # Without a safe command: the policy's metadata, else 0 clipped into the limits.
+    low_positive = sparse_policy(n_actions=1, seed=13, low=0.5)
+    nan_state = np.full((1, 5), np.nan)
+    header = export_c(low_positive, 'default_safe')
+    directory = tmp_path / 'default'
+    directory.mkdir()
+    assert compile_policy(header, 'default_safe', 5, 1, directory)(nan_state)[0, 0] == 0.5
+    python = load_python(export_python(low_positive, 'default_safe'), 'default_safe')
+    assert python['default_safe']([np.nan] * 5) == [0.5]
+    low_positive.metadata['safe_command'] = [0.75]
+    python = load_python(export_python(low_positive, 'meta_safe'), 'meta_safe')
+    assert python['meta_safe']([np.inf] * 5) == [0.75]
+    for bad in ([5.0], [np.nan], [0.6, 0.7], 'x'):
+        with pytest.raises(ValueError, match='safe_command'):
+            export_c(low_positive, 'bad', bad)
