@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Sequence
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ from sindyrl_ros.core.trajectories import Trajectory
 
 __all__ = [
     'LEARNED_REWARD',
+    'MAX_EXPRESSION_CHARACTERS',
+    'MAX_EXPRESSION_DEPTH',
+    'MAX_EXPRESSION_NODES',
     'REWARDS',
     'REWARD_FORMAT',
     'RewardFunction',
@@ -160,6 +164,37 @@ def get_reward(name: str) -> RewardFunction:
 
 
 # ---------------------------------------------------------------------- expression reward
+# Caps on a reward expression, checked before it is compiled: the compiler recurses once per
+# level, and a reward is a few dozen terms, not a program. Without them a 1,000-term sum
+# (depth 1,000) raised RecursionError instead of a refusal.
+MAX_EXPRESSION_CHARACTERS = 10_000
+MAX_EXPRESSION_NODES = 2_000  # ast nodes, operators and name contexts included
+MAX_EXPRESSION_DEPTH = 100
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """``text`` cut for an error message (an expression may be 10,000 characters)."""
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+
+
+def _check_size(tree: ast.AST) -> None:
+    """Refuse a parsed expression over the node or depth cap (iteratively: no recursion)."""
+    count, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_EXPRESSION_NODES:
+            raise ValueError(
+                f'reward expression is too large (more than {MAX_EXPRESSION_NODES} syntax nodes)'
+            )
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ValueError(
+                f'reward expression nests too deep (more than {MAX_EXPRESSION_DEPTH} levels; '
+                'a long sum nests one level per term)'
+            )
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     'cos': np.cos,
     'sin': np.sin,
@@ -200,7 +235,7 @@ _COMPARE = {
 
 def _offending(node: ast.AST, expression: str) -> str:
     segment = ast.get_source_segment(expression, node)
-    return segment if segment else type(node).__name__
+    return _excerpt(segment) if segment else type(node).__name__
 
 
 def _compile(node: ast.AST, expression: str, variables: set[str]) -> Callable[[dict], Any]:
@@ -212,7 +247,16 @@ def _compile(node: ast.AST, expression: str, variables: set[str]) -> Callable[[d
             raise ValueError(
                 f'only numeric constants are allowed, got {_offending(node, expression)!r}'
             )
-        value = np.float64(node.value)
+        # Every constant becomes a float64 here, so arithmetic on constants (9**9**9**9) is a
+        # few float operations at evaluation, never Python big-integer arithmetic.
+        try:
+            value = np.float64(float(node.value))
+        except OverflowError:
+            raise ValueError(
+                f'constant {_offending(node, expression)!r} is too large for a float'
+            ) from None
+        if not math.isfinite(value):
+            raise ValueError(f'constant {_offending(node, expression)!r} is not finite')
         return lambda env: value
     if isinstance(node, ast.Name):
         name = node.id
@@ -311,8 +355,10 @@ def expression_reward(
         raise ValueError(f"observation must be 'next' or 'current', got {observation!r}")
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError('reward expression is empty')
-    if len(expression) > 10_000:
-        raise ValueError('reward expression is too long (> 10000 characters)')
+    if len(expression) > MAX_EXPRESSION_CHARACTERS:
+        raise ValueError(
+            f'reward expression is too long (> {MAX_EXPRESSION_CHARACTERS} characters)'
+        )
     observation_names = list(observation_names)
     action_names = list(action_names)
     # Names may coincide with functions (Pendulum's 'cos', 'sin' features): a called
@@ -322,8 +368,15 @@ def expression_reward(
         tree = ast.parse(expression.strip(), mode='eval')
     except SyntaxError as error:
         raise ValueError(
-            f'reward expression does not parse: {error.msg} in {expression!r}'
+            f'reward expression does not parse: {_excerpt(error.msg)} in {_excerpt(expression)!r}'
         ) from None
+    except (RecursionError, MemoryError, ValueError) as error:
+        # Deep nesting ('-' * 3000 + 'x') exhausts the parser; a NUL byte is a ValueError.
+        raise ValueError(
+            f'reward expression does not parse ({type(error).__name__}: '
+            f'{_excerpt(str(error))}) in {_excerpt(expression)!r}'
+        ) from None
+    _check_size(tree)
     evaluate = _compile(tree, expression.strip(), variables)
     use_next = observation == 'next'
     observation_columns = {

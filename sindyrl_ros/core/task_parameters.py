@@ -159,11 +159,16 @@ def _check_env_id(env_id: str) -> None:
 
 
 def check_reward(task: TaskSpec) -> None:
-    """Refuse a reward that is not a known name, a valid expression or ``'learned'``.
+    """Refuse a reward that is not a known name, a valid expression or ``'learned'``, or that
+    is not finite everywhere in the task's box.
 
-    A named reward or an expression is also evaluated once on a batch of observations
-    and actions in the middle of the task's bounds, so that a reward written for other
-    observations (too few features) fails at start-up, not in the middle of training.
+    A named reward or an expression is evaluated at start-up on the middle of the task's
+    bounds, on random observations within ``observation_low``/``observation_high`` and
+    actions within the action limits, and on the corners of those bounds (all of them up
+    to 10 dimensions, 1,024 random ones above). A reward written for other observations
+    (too few features) fails here, not in the middle of training, and so does one that is
+    NaN or infinite somewhere (``1e9**1e9``, ``log(0*theta_dot)``): one non-finite reward
+    in a batch poisons every gradient of the policy trained on it.
 
     Raises
     ------
@@ -172,28 +177,71 @@ def check_reward(task: TaskSpec) -> None:
     """
     if task.reward == LEARNED_REWARD:
         return
+    text = repr(task.reward)
+    if len(text) > 200:  # a refused expression may be 10,000 characters
+        text = f'{text[:200]}... ({len(text)} characters)'
     try:
         reward = task.reward_function()
     except ValueError as error:
         raise TaskParameterError(
             'reward',
-            f'{task.reward!r} is not a reward: {error} (a reward is a name in '
+            f'{text} is not a reward: {error} (a reward is a name in '
             f'{sorted(REWARDS)}, an expression of the observation and action names, or '
             f'{LEARNED_REWARD!r})',
         ) from None
-    observations = np.tile(0.5 * (task.observation_low + task.observation_high), (2, 1))
-    actions = np.tile(0.5 * (task.action_low + task.action_high), (2, 1))
+    # The box's middle, random points inside it and its corners; next observations: the
+    # same points (a state at a corner may stay there), random ones in between.
+    rng = np.random.default_rng(0)
+    n, m = task.observation_dim, task.action_dim
+    low = np.concatenate([task.observation_low, task.action_low])
+    high = np.concatenate([task.observation_high, task.action_high])
+    if n + m <= 10:
+        bits = (np.arange(2 ** (n + m))[:, None] >> np.arange(n + m)) & 1
+    else:
+        bits = rng.integers(0, 2, (1024, n + m))
+    points = np.vstack(
+        [0.5 * (low + high), rng.uniform(low, high, (256, n + m)), np.where(bits, high, low)]
+    )
+    observations, actions = points[:, :n].copy(), points[:, n:].copy()
+    next_observations = observations.copy()
+    next_observations[1:257] = rng.uniform(low[:n], high[:n], (256, n))
+    count = len(observations)
     try:
-        scores = np.asarray(reward(observations, actions, observations.copy()))
+        with np.errstate(all='ignore'):
+            scores = np.asarray(reward(observations, actions, next_observations))
     except Exception as error:  # a named reward indexing features this task lacks
         raise TaskParameterError(
             'reward',
-            f'{task.reward!r} cannot score observations {list(task.observation_names)} and '
+            f'{text} cannot score observations {list(task.observation_names)} and '
             f'actions {list(task.action_names)}: {type(error).__name__}: {error}',
         ) from None
-    if scores.shape != (2,):
+    if scores.shape != (count,):
         raise TaskParameterError(
-            'reward', f'{task.reward!r} gives shape {scores.shape} for 2 transitions, not (2,)'
+            'reward', f'{text} gives shape {scores.shape} for {count} transitions, not ({count},)'
+        )
+    try:
+        finite = np.isfinite(scores.astype(np.float64))
+    except (TypeError, ValueError):
+        raise TaskParameterError(
+            'reward', f'{text} gives {scores.dtype} values, not numbers'
+        ) from None
+    if not np.all(finite):
+        index = int(np.flatnonzero(~finite)[0])
+        where = ', '.join(
+            [
+                *(f'{n}={v:.6g}' for n, v in zip(task.observation_names, observations[index])),
+                *(
+                    f'next {n}={v:.6g}'
+                    for n, v in zip(task.observation_names, next_observations[index])
+                ),
+                *(f'{n}={v:.6g}' for n, v in zip(task.action_names, actions[index])),
+            ]
+        )
+        raise TaskParameterError(
+            'reward',
+            f'{text} is {scores[index]} (not finite) at {where}; {int(np.sum(~finite))} of '
+            f'{count} sample transitions within the observation bounds and action limits are '
+            'not finite',
         )
 
 

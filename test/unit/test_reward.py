@@ -174,3 +174,40 @@ def test_sparse_reward_model_learns_and_round_trips():
     document['version'] = 7
     with pytest.raises(FormatError, match='version'):
         SparseRewardModel.from_dict(document)
+
+
+@pytest.mark.parametrize(
+    ('expression', 'text'),
+    [
+        ('9' * 400 + ' * x', 'too large for a float'),
+        ('1e309 * x', "constant '1e309' is not finite"),
+        ('9' * 5000, 'does not parse'),
+        (' + '.join(['x'] * 1000), 'nests too deep'),
+        ('-' * 3000 + 'x', 'does not parse'),
+        ('(' * 300 + 'x' + ')' * 300, 'does not parse'),
+        ('exp(' * 150 + 'x' + ')' * 150, 'nests too deep'),
+        (' + '.join(f'x * {i}' for i in range(30)) + ' + ' + '*'.join(['x'] * 600), 'too'),
+        ('x' * 10_001, 'too long'),
+        ('x\x00', 'does not parse'),
+    ],
+)
+def test_expression_reward_refuses_oversized_expressions_with_a_message(expression, text):
+    """Each was a traceback (OverflowError, RecursionError) or an accepted inf constant; now a
+    ValueError whose message is short even for a 10,000-character expression."""
+    with pytest.raises(ValueError) as error:
+        expression_reward(expression, ['x', 'thdot'], ['u'])
+    assert text in str(error.value), str(error.value)[:300]
+    assert len(str(error.value)) < 1000
+
+
+def test_power_towers_cost_float_operations_not_big_integers():
+    """No constant folding to Python integers: 9**9**9**9 and 2**10**10 compile at once and
+    evaluate to inf (which the task check then refuses), instead of hanging the process."""
+    import time
+
+    started = time.monotonic()
+    for expression in ('9**9**9**9', '2**10**10 + x', '9**99999999999'):
+        reward = expression_reward(expression, ['x'], ['u'])
+        values = reward(np.zeros((4, 1)), np.zeros((4, 1)), np.zeros((4, 1)))
+        assert np.all(np.isinf(values)), expression
+    assert time.monotonic() - started < 5.0

@@ -144,6 +144,35 @@ def test_reward_must_be_a_name_an_expression_or_learned(reward, text):
     assert text in str(error)
 
 
+@pytest.mark.parametrize(
+    ('reward', 'text'),
+    [
+        ('1e9**1e9', "'1e9**1e9' is inf (not finite)"),
+        ('9**9**9**9', 'is inf (not finite)'),
+        ('0*1e309', "constant '1e309' is not finite"),
+        ('log(0*velocity)', 'is -inf (not finite)'),
+        ('sqrt(position)', 'is nan (not finite)'),  # position < 0 at random samples
+        ('1 / (position - 0.7)', 'position=0.7'),  # only at the upper bound: a corner
+        ('exp(1000 * force)', 'is inf (not finite) at position='),
+        ('9' * 400 + ' * force', 'too large for a float'),
+        ('9' * 5000, 'does not parse'),
+        (' + '.join(['velocity'] * 900), 'nests too deep'),  # 900 terms, 10k characters
+        ('-' * 3000 + 'velocity', 'does not parse'),
+        ('cos(' * 120 + 'velocity' + ')' * 120, 'nests too deep'),
+    ],
+)
+def test_reward_must_be_finite_and_small_everywhere_in_the_task_box(reward, text):
+    """Rewards are evaluated at start-up on the middle, random points and corners of the
+    observation bounds and action limits: one NaN or inf there is refused naming 'reward'
+    and the point; huge literals, 1,000-term sums and deep nesting are refused with a
+    message, never a traceback (OverflowError, RecursionError) or a hang.
+    """
+    error = refused(mountain_car(reward=reward))
+    assert error.parameter == 'reward'
+    assert text in str(error), str(error)[:500]
+    assert len(str(error)) < 1500
+
+
 def test_learned_reward_comes_with_the_model_not_the_task():
     task = task_from_parameters(mountain_car(reward=LEARNED_REWARD))
     assert task.reward == LEARNED_REWARD
