@@ -36,6 +36,7 @@ setup(
             'policy_trainer = sindyrl_ros.nodes.policy_trainer:main',
             'run_supervisor = sindyrl_ros.nodes.run_supervisor:main',
             'serial_bridge = sindyrl_ros.nodes.serial_bridge:main',
+            'episodes = sindyrl_ros.nodes.episodes:main',
             'rig_emulator = sindyrl_ros.rig_emulator:main',
         ],
     },

@@ -38,7 +38,9 @@ def generate_launch_description():
                 'backend', default_value='sim', choices=list(graph.BACKENDS),
                 description='sim: embedded simulated plant (lockstep, sim time); '
                 'gazebo: plant from gazebo.launch.py; serial: a rig behind the serial bridge '
-                '(docs/rig_protocol.md, wall clock)',
+                '(docs/rig_protocol.md, wall clock); ros2_control: your robot (its '
+                'joint_state_broadcaster and forward command controller, wall clock; episodes '
+                'and resets by the episodes node, configured in the task file)',
             ),
             DeclareLaunchArgument(
                 'port', default_value='',

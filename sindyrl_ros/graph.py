@@ -17,12 +17,19 @@ import sys
 
 PACKAGE = 'sindyrl_ros'
 TASKS = ('pendulum', 'cartpole_swingup')
-# Where the plant is: the embedded gymnasium/MuJoCo simulator, Gazebo (gz_ros2_control), or a
+# Where the plant is: the embedded gymnasium/MuJoCo simulator, Gazebo (gz_ros2_control), a
 # rig behind the serial bridge (which also keeps the episodes and serves /plant/reset and
-# /plant/pause, as the simulated plant does).
-BACKENDS = ('sim', 'gazebo', 'serial')
-# Sim time follows the backend: the simulators publish /clock, a real rig runs on wall time.
-USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False}
+# /plant/pause, as the simulated plant does), or any ros2_control robot (joint states in,
+# forward command controller out). For Gazebo and ros2_control the package does not own the
+# plant: the episodes node cuts and scores its episodes and resets it through the task
+# file's reset provider (Gazebo: the simulation_interfaces services).
+BACKENDS = ('sim', 'gazebo', 'serial', 'ros2_control')
+# Sim time follows the backend: the simulators publish /clock, a real robot runs on wall time.
+USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False, 'ros2_control': False}
+# Backends whose plant the package does not own: the episodes node stands in for it.
+EXTERNAL_PLANTS = ('gazebo', 'ros2_control')
+# Gazebo's ros_gz_sim offers the simulation_interfaces services under this namespace.
+GAZEBO_SIMULATION_SERVICES = '/gz_server'
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ NODE_MODULES = {
     'policy_trainer': 'sindyrl_ros.nodes.policy_trainer',
     'run_supervisor': 'sindyrl_ros.nodes.run_supervisor',
     'serial_bridge': 'sindyrl_ros.nodes.serial_bridge',
+    'episodes': 'sindyrl_ros.nodes.episodes',
 }
 
 
@@ -123,13 +131,27 @@ def _node(executable: str, files, parameters: dict) -> NodeSpec:
     )
 
 
-def _plant_side(backend: str, files, parameters: dict) -> list[NodeSpec]:
-    """The node that is the plant for this backend: none for Gazebo (gazebo.launch.py)."""
+def _plant_side(backend: str, files, parameters: dict, training: bool) -> list[NodeSpec]:
+    """The node that is the plant for this backend.
+
+    For a plant the package does not own (Gazebo, started by gazebo.launch.py, or a
+    ros2_control robot) a training run gets the episodes node in its place; deploying a
+    policy needs nothing there.
+    """
     if backend == 'sim':
         return [_node('plant', files, dict(parameters, mode='lockstep'))]
     if backend == 'serial':
         return [_node('serial_bridge', files, parameters)]
-    return []
+    if not training:
+        return []
+    episodes = {
+        key: value for key, value in parameters.items() if key in ('use_sim_time', 'start_paused')
+    }
+    if backend == 'gazebo':
+        episodes.update(
+            reset='simulation_interfaces', simulation_services=GAZEBO_SIMULATION_SERVICES
+        )
+    return [_node('episodes', files, episodes)]
 
 
 def training_graph(
@@ -145,7 +167,9 @@ def training_graph(
     ----------
     task_file : path of the task's ROS parameter file (config/<task>.yaml or the user's own).
     backend : 'sim' (embedded simulated plant, lockstep), 'gazebo' (plant started by
-        gazebo.launch.py) or 'serial' (a rig behind the serial bridge, on the wall clock).
+        gazebo.launch.py), 'serial' (a rig behind the serial bridge, on the wall clock) or
+        'ros2_control' (a robot's joint_state_broadcaster and forward command controller, on
+        the wall clock; episodes and resets by the episodes node).
     run_dir : where the MCAP log, models, policies and summary.json go (None: the file's value).
     budget : real training steps the run may use (None: the file's value).
     port : serial device of the rig (backend 'serial'; None: the file's value).
@@ -156,8 +180,19 @@ def training_graph(
     supervisor = dict(learning, **({'budget': int(budget)} if budget is not None else {}))
     # Lockstep needs the controller to answer each observation, and so does a rig: it samples
     # on its own timer, so its state rate is the control rate and each answer should reach
-    # it before its next sample. On a Gazebo clock the controller runs at its fixed rate.
-    controller = dict(sim_time, trigger='timer' if backend == 'gazebo' else 'observation')
+    # it before its next sample. A robot's joint states come at their own rate (100 Hz to
+    # 1 kHz): the controller runs its fixed-rate loop, on the steady clock on hardware and
+    # on Gazebo's clock there, and starts on its safe command until the episodes node
+    # activates it (nothing moves before the run supervisor says so).
+    if backend in EXTERNAL_PLANTS:
+        controller = dict(
+            sim_time,
+            trigger='timer',
+            clock='steady' if backend == 'ros2_control' else 'ros',
+            start_active=False,
+        )
+    else:
+        controller = dict(sim_time, trigger='observation')
     if backend == 'sim':
         # Soft start protects hardware from a jump at a policy swap; in simulation it would
         # only blur the first steps of each evaluation.
@@ -171,7 +206,7 @@ def training_graph(
         plant['reset_on_connect'] = True
         if port:
             plant['port'] = str(port)
-    nodes = _plant_side(backend, files, plant)
+    nodes = _plant_side(backend, files, plant, training=True)
     nodes += [
         _node('sensor_ingestion', files, sim_time),
         _node('controller', files, controller),
@@ -190,9 +225,11 @@ def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> lis
     if backend == 'sim':
         controller['trigger'] = 'observation'
     else:
-        # A rig (or Gazebo) runs on its own: a fixed-rate loop, on the steady clock on hardware.
-        controller.update(trigger='timer', clock='steady' if backend == 'serial' else 'ros')
+        # A rig, a robot or Gazebo runs on its own: a fixed-rate loop, on the steady clock on
+        # hardware (no /clock there), on Gazebo's clock in Gazebo.
+        clock = 'ros' if USES_SIM_TIME[backend] else 'steady'
+        controller.update(trigger='timer', clock=clock)
     files = (task_file,)
-    nodes = _plant_side(backend, files, sim_time)
+    nodes = _plant_side(backend, files, sim_time, training=False)
     nodes += [_node('sensor_ingestion', files, sim_time), _node('controller', files, controller)]
     return nodes

@@ -45,6 +45,7 @@ __all__ = [
     'EpisodeLedger',
     'LedgerStep',
     'SAFE',
+    'Settle',
     'UNKNOWN',
 ]
 
@@ -584,3 +585,45 @@ class EpisodeControl:
             return actions
         self.state = RUNNING
         return [*actions, RESTART_STEPS, ACTIVATE]
+
+
+class Settle:
+    """Whether a plant has settled: the named features stayed below a tolerance for long.
+
+    The ``settle`` reset provider holds the safe command until every feature in
+    ``indices`` (e.g. a pendulum's ``theta_dot``) has stayed within ``±tolerance`` for
+    ``duration`` seconds: a pendulum that hangs still, an arm that stopped.
+
+    Parameters
+    ----------
+    indices : sequence of int
+        Observation indices of the velocities to watch.
+    tolerance : float
+        Largest absolute value that counts as still.
+    duration : float
+        Seconds the features must stay still.
+    """
+
+    def __init__(self, indices, tolerance: float, duration: float) -> None:
+        self.indices = np.asarray(list(indices), dtype=np.intp)
+        if self.indices.size == 0:
+            raise ValueError('settle needs at least one feature to watch')
+        if not tolerance > 0 or not duration >= 0:
+            raise ValueError('settle needs a positive tolerance and a duration >= 0')
+        self.tolerance = float(tolerance)
+        self.duration = float(duration)
+        self._still_since: float | None = None
+
+    def restart(self) -> None:
+        """Start watching anew (a new reset)."""
+        self._still_since = None
+
+    def update(self, now: float, observation: np.ndarray) -> bool:
+        """Feed the latest observation (shape (n,)); True once the plant has settled."""
+        values = np.asarray(observation, dtype=np.float64)[self.indices]
+        if not (np.all(np.isfinite(values)) and np.all(np.abs(values) <= self.tolerance)):
+            self._still_since = None
+            return False
+        if self._still_since is None:
+            self._still_since = float(now)
+        return now - self._still_since >= self.duration

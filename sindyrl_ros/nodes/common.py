@@ -33,7 +33,11 @@ from rcl_interfaces.msg import (
 )
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -55,6 +59,7 @@ __all__ = [
     'SENSOR_QOS',
     'RELIABLE_QOS',
     'TRANSITION_QOS',
+    'EPISODE_QOS',
     'LATCHED_QOS',
     'ParamSpec',
     'ParameterFileError',
@@ -87,6 +92,13 @@ RELIABLE_QOS = QoSProfile(
 # only `depth` samples for resending, so bursts need a deep history on both sides.
 TRANSITION_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
+)
+# Episode records: a run supervisor that starts later still gets the recent ones.
+EPISODE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 # Models, policies, e-stop: a node that starts later still gets the latest value.
 LATCHED_QOS = QoSProfile(
@@ -861,7 +873,10 @@ def command_stamp_ns(message: Float64MultiArray) -> int | None:
 
 
 def run_node(
-    make_node: Callable[[], Node], args: Sequence[str] | None = None, name: str = 'sindyrl_ros'
+    make_node: Callable[[], Node],
+    args: Sequence[str] | None = None,
+    name: str = 'sindyrl_ros',
+    threads: int = 1,
 ) -> int:
     """Initialise rclpy, build the node, spin until SIGINT/SIGTERM, shut down cleanly.
 
@@ -877,6 +892,9 @@ def run_node(
         Command line (default ``sys.argv``), read for ``--params-file`` too.
     name : str
         Logger name for errors raised before the node exists (the node's name).
+    threads : int
+        1: a single-threaded executor; more: a multi-threaded one, for a node whose
+        service callbacks wait for work done in another callback group.
 
     Returns
     -------
@@ -902,7 +920,9 @@ def run_node(
     code = 0
     try:
         node = make_node()
-        executor = SingleThreadedExecutor()
+        executor = (
+            SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)
+        )
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

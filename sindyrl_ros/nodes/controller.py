@@ -31,7 +31,8 @@ Safety:
   ``false`` releases it (a repeated ``true``, a publisher that goes away or restarts, or
   more observations do not).
 * ``~/activate`` (std_srvs/SetBool): ``false`` deactivates the controller, which then sends
-  the safe command at once and on every tick until ``true`` (ros2_control's deactivate).
+  the safe command at once and on every tick until ``true`` (ros2_control's deactivate);
+  ``start_active: false`` starts it deactivated.
 * the safe command is sent on shutdown (SIGINT / SIGTERM, see ``common.run_node``).
 * soft start: a policy swapped in is blended in from the last command sent,
   ``(1 - w) * previous + w * policy`` with ``w`` rising linearly from 0 at its first tick
@@ -153,6 +154,14 @@ CONTROLLER_PARAMETERS = [
         read_only=True,
         type=Parameter.Type.DOUBLE_ARRAY,
     ),
+    ParamSpec(
+        'start_active',
+        True,
+        'false: start deactivated (the safe command on every tick) until ~/activate true; '
+        'on a robot the package does not own, the episodes node activates it when the run '
+        'supervisor resumes the robot',
+        read_only=True,
+    ),
     ParamSpec('seed', 0, 'Seed of the exploration noise', range=(0, 2**31 - 1), read_only=True),
     ParamSpec(
         'sanity_check_observations',
@@ -251,7 +260,7 @@ class ControllerNode(Node):
         self._policy: NumpyPolicy | None = None
         self._mode = p.mode
         self._estop = False
-        self._active = True
+        self._active = p.start_active
         self._watchdog_active = False
         self._command = Float64MultiArray()
         self._action_message = JointState(name=list(self.action_names))
@@ -303,6 +312,7 @@ class ControllerNode(Node):
             f'controller ready: trigger {p.trigger}, {1.0 / self.control_period:g} Hz, mode '
             f'{self._mode}, commands on {topic}, policy '
             f'{self._policy.kind if self._policy else "none"}'
+            + ('' if self._active else ', deactivated (safe command) until ~/activate true')
         )
 
     # ------------------------------------------------------------------ configuration

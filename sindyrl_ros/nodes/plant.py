@@ -62,7 +62,6 @@ import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
@@ -70,6 +69,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core.episodes import EpisodeLedger
 from sindyrl_ros.nodes.common import (
+    EPISODE_QOS,
     RELIABLE_QOS,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
@@ -178,12 +178,6 @@ PARAMETERS = SHARED_PARAMETERS + PLANT_PARAMETERS
 
 # Episode records are a log: a supervisor that joins late still gets the recent ones
 # (volatile subscribers stay compatible and just get no history).
-EPISODE_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
 _ATAN2 = re.compile(r'^\s*atan2\(\s*([^,()\s]+)\s*,\s*([^,()\s]+)\s*\)\s*$')
 
 

@@ -108,6 +108,23 @@ RUN_SUPERVISOR_PARAMETERS = [
         read_only=True,
     ),
     ParamSpec(
+        'reset_timeout',
+        0.0,
+        'Seconds to wait for /plant/reset; 0 = as long as the plant takes (every plant bounds '
+        'its own reset: the episodes node and the serial bridge have a reset_timeout, and an '
+        'operator reset may take minutes)',
+        range=(0.0, 1e9),
+        read_only=True,
+    ),
+    ParamSpec(
+        'wait_report',
+        5.0,
+        'Seconds after which what the run waits for (a service, a plant answer) is logged '
+        '(WAITING:) and shown in /diagnostics',
+        range=(0.1, 3600.0),
+        read_only=True,
+    ),
+    ParamSpec(
         'hold_for_policy',
         True,
         'Synchronous Dyna: hold the plant (/plant/pause) after each chunk of exploration '
@@ -201,7 +218,10 @@ class RunSupervisor(Node):
         self.reached = False
         self.steps_to_threshold: int | None = None
         self.node_status: dict[str, dict] = {}
-        self._pending_calls: list[tuple[Any, Any, str, float]] = []
+        self._pending_calls: list[tuple[Any, Any, str, float, float]] = []
+        self._waiting_since: float | None = None
+        self._waiting_key = ''
+        self._waiting_reported = False
         self._summary_written = False
         # Synchronous Dyna bookkeeping (hold_for_policy).
         self.holds = 0
@@ -424,11 +444,17 @@ class RunSupervisor(Node):
         """Start once the services exist; enforce the wall-time limit and call timeouts."""
         p = self.parameters
         if self.state == 'starting':
-            if (
-                self.set_mode_client.service_is_ready()
-                and self.reset_client.service_is_ready()
-                and (not p.hold_for_policy or self.pause_client.service_is_ready())
-            ):
+            clients = [self.set_mode_client, self.reset_client]
+            clients += [self.pause_client] if p.hold_for_policy else []
+            missing = [client.srv_name for client in clients if not client.service_is_ready()]
+            self._report_wait(
+                f'the services {", ".join(missing)} (the controller and a plant that offers '
+                '/plant/reset and /plant/pause: the simulated plant, the serial bridge or the '
+                'episodes node)'
+                if missing
+                else None
+            )
+            if not missing:
                 self.state = SWITCHING
                 calls = [self._set_mode_call(explore=True)]
                 if p.hold_for_policy or self.pause_client.service_is_ready():
@@ -443,12 +469,34 @@ class RunSupervisor(Node):
             self._finish('max_wall_time')
             return
         now = time.monotonic()
-        for future, _, what, deadline in list(self._pending_calls):
+        waiting = None
+        for future, _, what, deadline, started in list(self._pending_calls):
             if not future.done() and now > deadline:
                 self.get_logger().error(f'no answer from the {what} service')
                 self._finish(f'service_timeout: {what}')
                 return
+            if not future.done() and now - started >= p.wait_report:
+                waiting = f'the answer of the {what} service ({now - started:.0f} s so far)'
+        self._report_wait(waiting)
         self._check_hold()
+
+    def _report_wait(self, what: str | None) -> None:
+        """Say once (log and /diagnostics) what the run waits for, after ``wait_report`` s."""
+        now = time.monotonic()
+        if what is None:
+            self._waiting_since = None
+            if self._waiting_reported:
+                self._waiting_reported = False
+                self.diagnostics.warnings.pop('waiting', None)
+            return
+        key = what.split(' (')[0]
+        if self._waiting_since is None or self._waiting_key != key:
+            self._waiting_since, self._waiting_key = now, key
+            self._waiting_reported = False
+        if not self._waiting_reported and now - self._waiting_since >= self.parameters.wait_report:
+            self._waiting_reported = True
+            self.get_logger().warning(f'WAITING: {what}')
+            self.diagnostics.warnings['waiting'] = f'waiting for {key}'
 
     def _explore_started(self) -> None:
         self.state = EXPLORE
@@ -742,7 +790,11 @@ class RunSupervisor(Node):
     def _call(self, client, request, what: str, then) -> None:
         """Call a service without blocking the executor; ``then()`` runs on success."""
         future = client.call_async(request)
-        entry = (future, client, what, time.monotonic() + self.parameters.service_timeout)
+        now = time.monotonic()
+        timeout = self.parameters.service_timeout
+        if client is self.reset_client:
+            timeout = self.parameters.reset_timeout or float('inf')
+        entry = (future, client, what, now + timeout, now)
         self._pending_calls.append(entry)
         resume = client is self.pause_client and not request.data
         if resume:

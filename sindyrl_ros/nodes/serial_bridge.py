@@ -61,7 +61,7 @@ import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
@@ -82,6 +82,7 @@ from sindyrl_ros.core.rig_protocol import (
     encode,
 )
 from sindyrl_ros.nodes.common import (
+    EPISODE_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
     SHARED_PARAMETERS,
@@ -263,12 +264,6 @@ _OBSERVATION_REJECTS = tuple(
 )
 # Episode records are a log: a supervisor that joins late still gets the recent ones (the
 # simulated plant's QoS for the same topic).
-EPISODE_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
 # Every observation scores a step: a deep queue rides out a busy executor.
 LEDGER_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.RELIABLE

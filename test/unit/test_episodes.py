@@ -25,6 +25,7 @@ from sindyrl_ros.core.episodes import (
     AnsweredSteps,
     EpisodeControl,
     EpisodeLedger,
+    Settle,
 )
 from sindyrl_ros.core.task_parameters import task_from_parameters
 from sindyrl_ros.core.tasks import get_task
@@ -285,3 +286,19 @@ def test_episode_control_holds_resets_and_counts_only_while_running():
     free = EpisodeControl(start_paused=False, reset_after_episode=False)
     assert free.start() == [ACTIVATE] and free.episode_ended() == [] and free.counting
     assert free.request_reset() == [DEACTIVATE, END_EPISODE, RESTART_STEPS, RUN_RESET]
+
+
+def test_settle_waits_until_the_velocities_stay_still_long_enough():
+    settle = Settle([2], tolerance=0.05, duration=1.0)
+    still, moving = np.array([1.0, 0.0, 0.01]), np.array([1.0, 0.0, 0.2])
+    assert not settle.update(0.0, still)
+    assert not settle.update(0.9, still)
+    assert not settle.update(1.0, moving)  # moved: the clock starts over
+    assert not settle.update(1.5, still)
+    assert not settle.update(2.0, np.array([1.0, 0.0, np.nan]))  # not a still state
+    assert not settle.update(2.1, still)
+    assert settle.update(3.1, still)
+    settle.restart()
+    assert not settle.update(3.2, still)
+    with pytest.raises(ValueError):
+        Settle([], 0.1, 1.0)
