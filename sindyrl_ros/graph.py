@@ -29,7 +29,7 @@ USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False, 'ros2_control': F
 # Backends whose plant the package does not own: the episodes node stands in for it.
 EXTERNAL_PLANTS = ('gazebo', 'ros2_control')
 # Gazebo's ros_gz_sim offers the simulation_interfaces services under this namespace.
-GAZEBO_SIMULATION_SERVICES = '/gz_server'
+GAZEBO_SIMULATION_SERVICES = '/gzserver'
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ EPISODES_PARAMETERS = [
         'simulation_services',
         '',
         'simulation_interfaces reset: namespace of the simulator services (reset_simulation, '
-        "set_simulation_state); '' = the root namespace, e.g. /gz_server for ros_gz_sim",
+        "set_simulation_state); '' = the root namespace, e.g. /gzserver for ros_gz_sim",
         read_only=True,
     ),
     ParamSpec(

@@ -166,12 +166,14 @@ class DiagnosticsWatcher:
         self.latest: dict[str, dict[str, str]] = {}
         self.levels: dict[str, int] = {}
         self.reports: dict[str, int] = {}  # statuses received per node
+        self.messages: dict[str, str] = {}  # latest status message per node
         node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 50)
 
     def _on_diagnostics(self, message) -> None:
         for status in message.status:
             self.latest[status.name] = {kv.key: kv.value for kv in status.values}
             self.reports[status.name] = self.reports.get(status.name, 0) + 1
+            self.messages[status.name] = status.message
             level = status.level
             self.levels[status.name] = level[0] if isinstance(level, bytes) else int(level)
 
