@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 venv=${VENV:-.venv}
 extra=()
+built=()
 for arg in "$@"; do extra+=("$arg"); done
 
 if [ -n "${ROS_DISTRO:-}" ] && "$python" -c 'import rclpy' >/dev/null 2>&1; then
@@ -17,10 +18,12 @@ if [ -n "${ROS_DISTRO:-}" ] && "$python" -c 'import rclpy' >/dev/null 2>&1; then
 else
   mode=wheels
   requirements=(requirements/base.txt requirements/ros-wheels.txt requirements/test.txt)
+  # No wheel of simulation_interfaces: tools/build_interfaces.sh builds it from these files.
+  built=(tools/build_interfaces.sh $(find interfaces/simulation_interfaces -type f | LC_ALL=C sort))
 fi
 requirements+=("${extra[@]}")
 
-digest=$(cat "${requirements[@]}" setup.py setup.cfg package.xml | sha256sum | cut -c1-16)
+digest=$(cat "${requirements[@]}" "${built[@]}" setup.py setup.cfg package.xml | sha256sum | cut -c1-16)
 stamp="$venv/.sindyrl-ros-installed"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$mode $digest" ]; then
   exit 0
@@ -45,5 +48,6 @@ for r in "${requirements[@]}"; do args+=(-r "$r"); done
 echo "ensure_venv: installing ${requirements[*]} (a first install takes about a minute)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+if [ "$mode" = wheels ]; then VENV="$venv" tools/build_interfaces.sh; fi
 echo "$mode $digest" > "$stamp"
 echo "ensure_venv: $venv ready"
