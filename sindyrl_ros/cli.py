@@ -8,6 +8,11 @@ summary. It needs rclpy and the message packages, not `ros2 launch`.
 `sindyrl-ros train --backend serial --emulate` first starts the rig emulator (a simulated rig
 behind the serial protocol, on a pseudo-terminal) and points the serial bridge at it: the
 whole hardware path (protocol, bridge, wall clock, resets) without hardware.
+
+While a run waits for something (a service, a first message, an operator's reset), the nodes
+log a ``WAITING:`` line; the command shows those and every error line on the terminal. With
+the operator reset provider, Enter on the terminal tells the episodes node the robot is
+reset (`sindyrl-ros operator-ready` does the same from another shell).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from sindyrl_ros import graph
@@ -115,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument(
         '--check', action='store_true',
         help='write nothing; exit 1 if the file is missing or out of date',
+    )
+    commands.add_parser(
+        'operator-ready', help='tell a waiting run that the robot is reset (operator provider)',
+        description='Publish std_msgs/Empty on /sindyrl/operator_ready once: the episodes '
+        'node, waiting for an operator to reset the robot, goes on. Pressing Enter in the '
+        'terminal of `sindyrl-ros train` does the same.',
+    ).add_argument(
+        '--domain-id', type=int, default=None,
+        help="ROS_DOMAIN_ID of the run (default: the environment's)",
     )
     commands.add_parser(
         'rig-emulator', add_help=False,
@@ -221,6 +236,85 @@ def _task_file(arguments) -> Path:
     if not Path(path).is_file():
         raise SystemExit(f'sindyrl-ros: parameter file {path} does not exist')
     return Path(path).resolve()
+
+
+def _task_name(task_file: Path, default: str) -> str:
+    """The task a parameter file names in its /** section (the run is named after it)."""
+    try:
+        name = _parameter_sections(task_file).get('/**', {}).get('task')
+    except Exception:  # noqa: BLE001 - the nodes report a malformed file with its details
+        return default
+    return name if isinstance(name, str) and name else default
+
+
+class LogWatch:
+    """Shows the lines of the node logs an operator must see: what the run waits for
+    (``WAITING:``) and errors, as they are written."""
+
+    MARKERS = ('WAITING:', '[ERROR]', '[FATAL]')
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._offsets: dict[Path, int] = {}
+
+    def lines(self) -> list[str]:
+        shown = []
+        for path in sorted(self.log_dir.glob('*.log')):
+            offset = self._offsets.get(path, 0)
+            try:
+                with open(path, 'rb') as log:
+                    log.seek(offset)
+                    data = log.read()
+            except OSError:
+                continue
+            end = data.rfind(b'\n') + 1  # whole lines only
+            self._offsets[path] = offset + end
+            for line in data[:end].decode(errors='replace').splitlines():
+                if any(marker in line for marker in self.MARKERS):
+                    shown.append(f'{path.stem}: {line.strip()}')
+        return shown
+
+
+def _operator_ready_on_enter(environment: dict[str, str]) -> None:
+    """Enter on the terminal: tell the episodes node the robot is reset (daemon thread)."""
+    if not sys.stdin or not sys.stdin.isatty():
+        return
+
+    def read() -> None:
+        for _ in sys.stdin:
+            subprocess.run(
+                [sys.executable, '-m', 'sindyrl_ros.cli', 'operator-ready'],
+                env=environment, check=False, timeout=30,
+            )
+
+    threading.Thread(target=read, daemon=True, name='operator-enter').start()
+
+
+def operator_ready(arguments) -> int:
+    """`sindyrl-ros operator-ready`: one std_msgs/Empty on /sindyrl/operator_ready."""
+    if arguments.domain_id is not None:
+        os.environ['ROS_DOMAIN_ID'] = str(arguments.domain_id)
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Empty
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node('operator_ready')
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        publisher = node.create_publisher(Empty, '/sindyrl/operator_ready', qos)
+        deadline = time.monotonic() + 5.0
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        if publisher.get_subscription_count() == 0:
+            print('sindyrl-ros operator-ready: no episodes node is listening', file=sys.stderr)
+            return 1
+        publisher.publish(Empty())
+        rclpy.spin_once(node, timeout_sec=0.2)
+        print('sindyrl-ros operator-ready: sent')
+        return 0
+    finally:
+        rclpy.try_shutdown()
 
 
 def _describe(event: dict) -> str | None:
@@ -392,7 +486,8 @@ def train(arguments) -> int:
     if (arguments.emulate or arguments.port) and arguments.backend != 'serial':
         raise SystemExit('sindyrl-ros train: --emulate and --port need --backend serial')
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    run_dir = (arguments.run_dir or Path('runs') / f'{arguments.task}-{stamp}').resolve()
+    task = _task_name(task_file, arguments.task)
+    run_dir = (arguments.run_dir or Path('runs') / f'{task}-{stamp}').resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     environment = _environment(arguments)
     emulator = None
@@ -409,7 +504,7 @@ def train(arguments) -> int:
         specs = emulator.adapt(specs)
     shutil.copy(task_file, run_dir / 'config.yaml')
     nodes = Graph(specs, run_dir / 'logs', environment)
-    print(f'sindyrl-ros train: task {arguments.task}, backend {arguments.backend}')
+    print(f'sindyrl-ros train: task {task}, backend {arguments.backend}')
     print(f'  parameters: {task_file}')
     print(f'  run directory: {run_dir} (node logs in {nodes.log_dir})')
     print(f'  nodes: {", ".join(spec.name for spec in specs)}')
@@ -417,10 +512,15 @@ def train(arguments) -> int:
     progress_path = run_dir / 'progress.jsonl'
     progress_offset = 0
     outcome = 1
+    watch = LogWatch(nodes.log_dir)
     nodes.start()
+    if arguments.backend in graph.EXTERNAL_PLANTS:
+        _operator_ready_on_enter(environment)
     try:
         while True:
             time.sleep(0.2)
+            for line in watch.lines():
+                print(f'[{time.monotonic() - started:7.1f} s] {line}', flush=True)
             if progress_path.exists():
                 with open(progress_path) as progress:
                     progress.seek(progress_offset)
@@ -605,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         return export(arguments)
     if arguments.command == 'params':
         return params(arguments)
+    if arguments.command == 'operator-ready':
+        return operator_ready(arguments)
     return 2
 
 

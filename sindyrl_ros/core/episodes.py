@@ -446,11 +446,18 @@ class AnsweredSteps:
         self._newest_observation_ns: int | None = None
         self._last: tuple[int, np.ndarray, str] | None = None  # last answer in the chain
         self._last_answered_ns: int | None = None
+        self._restart_floor_ns: int | None = None
+        self.late_answers = 0  # answers from before the last restart
         self._waiting: deque[AnsweredStep] = deque()  # steps without their end observation
 
     def restart(self) -> None:
-        """The next answer starts a new chain (no step spans a hold or a reset)."""
+        """The next answer starts a new chain (no step spans a hold or a reset).
+
+        Answers to observations this node had already seen are from before: they arrive
+        late and start nothing.
+        """
         self._last = None
+        self._restart_floor_ns = self._newest_observation_ns
 
     def add_observation(self, stamp_ns: int, observation: np.ndarray) -> list[AnsweredStep]:
         """An observation of the plant, shape (n,); returns the steps it completes."""
@@ -469,6 +476,9 @@ class AnsweredSteps:
         stamp_ns = int(stamp_ns)
         if self._last_answered_ns is not None and stamp_ns <= self._last_answered_ns:
             self.repeats += 1
+            return []
+        if self._restart_floor_ns is not None and stamp_ns <= self._restart_floor_ns:
+            self.late_answers += 1
             return []
         self._last_answered_ns = stamp_ns
         action = np.array(action, dtype=np.float64).reshape(-1)

@@ -33,11 +33,7 @@ from rcl_interfaces.msg import (
 )
 import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import (
-    ExternalShutdownException,
-    MultiThreadedExecutor,
-    SingleThreadedExecutor,
-)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -873,10 +869,7 @@ def command_stamp_ns(message: Float64MultiArray) -> int | None:
 
 
 def run_node(
-    make_node: Callable[[], Node],
-    args: Sequence[str] | None = None,
-    name: str = 'sindyrl_ros',
-    threads: int = 1,
+    make_node: Callable[[], Node], args: Sequence[str] | None = None, name: str = 'sindyrl_ros'
 ) -> int:
     """Initialise rclpy, build the node, spin until SIGINT/SIGTERM, shut down cleanly.
 
@@ -892,9 +885,6 @@ def run_node(
         Command line (default ``sys.argv``), read for ``--params-file`` too.
     name : str
         Logger name for errors raised before the node exists (the node's name).
-    threads : int
-        1: a single-threaded executor; more: a multi-threaded one, for a node whose
-        service callbacks wait for work done in another callback group.
 
     Returns
     -------
@@ -920,9 +910,7 @@ def run_node(
     code = 0
     try:
         node = make_node()
-        executor = (
-            SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(threads)
-        )
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)

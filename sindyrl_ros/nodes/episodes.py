@@ -48,18 +48,16 @@ Decisions live in ``core.episodes`` (``EpisodeLedger``, ``AnsweredSteps``,
 
 from __future__ import annotations
 
-from collections import deque
 import json
 import sys
-import threading
 import time
-from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Empty, String
 from std_srvs.srv import SetBool, Trigger
@@ -255,15 +253,16 @@ class EpisodesNode(Node):
             indices = [self.observation_names.index(n) for n in p.settle_features]
             self.settle = Settle(indices, p.settle_tolerance, p.settle_time)
 
-        # Main group: topics, timers, client answers. Service requests from the run
-        # supervisor run in their own group and wait for the main group to finish them.
+        # Main group: topics, timers, client answers. The run supervisor's service calls run
+        # in their own group as coroutines that await what the main group does for them
+        # (one executor thread: a waiting service call blocks nothing).
         self._main = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
-        self._requests: deque[tuple[str, Any, threading.Event, dict]] = deque()
+        self._deadlines: list[tuple[float, Future, dict]] = []
         self._latest_observation: np.ndarray | None = None
         self._started = time.monotonic()
         self._reset: _Reset | None = None
-        self._reset_waiters: list[tuple[threading.Event, dict]] = []
+        self._reset_waiters: list[tuple[Future, dict]] = []
         # The controller state to send, and the requests waiting for its answer.
         self._pending_controller: tuple[bool, list] | None = None
         self._last_reset = (True, 'reset')
@@ -319,9 +318,8 @@ class EpisodesNode(Node):
         self.create_service(
             Trigger, 'plant/reset', self._on_reset, callback_group=self._service_group
         )
-        self._wake = self.create_guard_condition(self._process_requests, callback_group=main)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(0.02, self._tick, clock=steady, callback_group=main)
+        self.create_timer(0.05, self._tick, clock=steady, callback_group=main)
         self._execute(self.control.start())
         self.get_logger().info(
             f'episodes ready: task {task.name}, episodes of {task.episode_length} steps'
@@ -626,26 +624,28 @@ class EpisodesNode(Node):
     def _answer_resets(self) -> None:
         ok, message = self._last_reset
         waiters, self._reset_waiters = self._reset_waiters, []
-        for event, result in waiters:
+        for future, result in waiters:
             result['ok'] = ok
             result['messages'] = [message]
-            event.set()
+            if not future.done():
+                future.set_result(True)
 
     # ------------------------------------------------------------------ services
 
-    def _request(self, kind: str, data: Any, timeout: float) -> dict:
-        """Hand a request to the main group and wait for its outcome (service threads)."""
-        event = threading.Event()
-        result: dict = {}
-        self._requests.append((kind, data, event, result))
-        self._wake.trigger()
-        if not event.wait(timeout):
-            return {'ok': False, 'messages': [f'no outcome within {timeout:g} s']}
+    async def _outcome(self, future: Future, result: dict, timeout: float) -> dict:
+        """Await what the main group does for a service call, at most ``timeout`` s."""
+        if not future.done():
+            self._deadlines.append((time.monotonic() + timeout, future, result))
+            await future
         return result
 
-    def _on_pause(self, request: SetBool.Request, response: SetBool.Response):
+    async def _on_pause(self, request: SetBool.Request, response: SetBool.Response):
         hold = bool(request.data)
-        result = self._request('pause', hold, 2.0 * self.parameters.service_timeout)
+        future, result = Future(), {'outstanding': 0}
+        self._execute(self.control.pause(hold), [(future, result)])
+        if result['outstanding'] == 0:
+            future.set_result(True)  # nothing to wait for (already so, or resetting)
+        await self._outcome(future, result, 2.0 * self.parameters.service_timeout)
         response.success = bool(result.get('ok', True))
         detail = '; '.join(result.get('messages', []))
         response.message = ('held' if hold else 'running') + (f' ({detail})' if detail else '')
@@ -655,33 +655,28 @@ class EpisodesNode(Node):
         )
         return response
 
-    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
-        timeout = self.parameters.reset_timeout
-        timeout = timeout + self.parameters.reset_hold + 5.0 if timeout > 0 else 1e9
-        result = self._request('reset', None, timeout)
+    async def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        p = self.parameters
+        timeout = p.reset_timeout + p.reset_hold + 5.0 if p.reset_timeout > 0 else float('inf')
+        future, result = Future(), {}
+        self._reset_waiters.append((future, result))
+        self._execute(self.control.request_reset())
+        await self._outcome(future, result, timeout)
         response.success = bool(result.get('ok', False))
         response.message = '; '.join(result.get('messages', [])) or 'reset'
         return response
-
-    def _process_requests(self) -> None:
-        """Main group: start what the service threads asked for."""
-        while self._requests:
-            kind, data, event, result = self._requests.popleft()
-            if kind == 'pause':
-                waiters = [(event, result)]
-                result['outstanding'] = 0
-                self._execute(self.control.pause(data), waiters)
-                if result['outstanding'] == 0:
-                    event.set()  # nothing to wait for (already held/running, or resetting)
-            else:
-                self._reset_waiters.append((event, result))
-                self._execute(self.control.request_reset())
 
     # ------------------------------------------------------------------ timer
 
     def _tick(self) -> None:
         now = time.monotonic()
-        self._process_requests()
+        for deadline, future, result in list(self._deadlines):
+            if future.done() or now > deadline:
+                self._deadlines.remove((deadline, future, result))
+            if not future.done() and now > deadline:
+                result['ok'] = False
+                result.setdefault('messages', []).append('no outcome in time')
+                future.set_result(False)
         self._call_controller()
         self._advance_reset(now)
         _, records = self.ledger.poll(now)
@@ -728,16 +723,16 @@ def _expect(waiters: list) -> None:
 
 def _settle(waiters: list, ok: bool, message: str) -> None:
     """One answer came: record it; a request with no answer outstanding is released."""
-    for event, result in waiters:
+    for future, result in waiters:
         result['ok'] = result.get('ok', True) and ok
         result.setdefault('messages', []).append(message)
         result['outstanding'] -= 1
-        if result['outstanding'] == 0:
-            event.set()
+        if result['outstanding'] == 0 and not future.done():
+            future.set_result(True)
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(EpisodesNode, args, name='episodes', threads=2)
+    return run_node(EpisodesNode, args, name='episodes')
 
 
 if __name__ == '__main__':

@@ -49,7 +49,9 @@ class GraphStandIn:
         self.actions = node.create_publisher(JointState, '/sindyrl/action', TRANSITION_QOS)
         self.operator = node.create_publisher(Empty, '/sindyrl/operator_ready', RELIABLE_QOS)
         node.create_subscription(
-            String, '/sindyrl/episode', lambda m: self.episodes.append(json.loads(m.data)),
+            String,
+            '/sindyrl/episode',
+            lambda m: self.episodes.append(json.loads(m.data)),
             EPISODE_QOS,
         )
         self.pause_client = node.create_client(SetBool, '/plant/pause')
@@ -135,9 +137,7 @@ def test_episodes_are_cut_scored_and_reset_by_the_operator(ros_context, start_pr
     # the record is scored with the task's reward, and the operator is asked for a reset.
     for k in range(6):
         graph.step(observations[k], torques[k])
-    assert spin_until(executor, lambda: len(graph.episodes) == 1, timeout=15), (
-        episodes.output()
-    )
+    assert spin_until(executor, lambda: len(graph.episodes) == 1, timeout=15), episodes.output()
     (record,) = graph.episodes
     reward = get_task('pendulum').reward_function()
     expected = reward(observations[:5], torques[:5, None], observations[1:6]).sum()
@@ -194,9 +194,7 @@ def test_simulation_interfaces_pause_and_reset_a_standin_simulator(
     executor.add_node(node)
     graph = GraphStandIn(node, executor)
     episodes = start_process(node_command('episodes', params), name='episodes')
-    assert spin_until(executor, graph.pause_client.service_is_ready, timeout=30), (
-        episodes.output()
-    )
+    assert spin_until(executor, graph.pause_client.service_is_ready, timeout=30), episodes.output()
 
     def calls(service: str) -> list[dict]:
         return [

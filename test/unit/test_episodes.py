@@ -255,9 +255,15 @@ def test_answered_steps_run_from_answer_to_answer_at_any_joint_state_rate():
     # A gap of 100 ms (> 1.5 periods) makes no step; neither does a restart.
     assert steps_of.add_action(500 * ms, [3.0], 'explore') == []
     assert steps_of.gaps == 1
-    steps_of.restart()
     steps_of.add_observation(550 * ms, np.zeros(2))
-    assert steps_of.add_action(550 * ms, [4.0], 'explore') == []
+    steps_of.restart()
+    # A late answer to a state seen before the restart starts nothing; the next one does.
+    assert steps_of.add_action(550 * ms, [4.0], 'safe') == [] and steps_of.late_answers == 1
+    steps_of.add_observation(600 * ms, np.zeros(2))
+    steps_of.add_observation(650 * ms, np.zeros(2))
+    assert steps_of.add_action(600 * ms, [5.0], 'explore') == []
+    (step,) = steps_of.add_action(650 * ms, [6.0], 'explore')
+    assert (step.start_ns, step.action[0]) == (600 * ms, 5.0)
 
 
 def test_episode_control_holds_resets_and_counts_only_while_running():

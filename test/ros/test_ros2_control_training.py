@@ -1,0 +1,141 @@
+"""End to end: `sindyrl-ros train --backend ros2_control` on a plant the package does not drive.
+
+The plant is test/ros2_control_plant.py, its own process importing nothing from sindyrl_ros:
+Pendulum-v1's physics advanced on the wall clock, /joint_states at 200 Hz (four times the
+control rate), the torque from /effort_controller/commands held between commands, as a
+ros2_control ForwardCommandController does. The graph is the one users start: the
+episodes node in place of a plant node, the controller's fixed-rate loop on the steady
+clock, sensor ingestion, model updater, policy trainer and run supervisor.
+
+The short form runs one episode of exploration, one model, a short surrogate training and
+two evaluation episodes (about a minute of real time per variant). The full form, with the
+settings of config/example_ros2_control_pendulum.yaml, learns the swing-up to the -200
+threshold: the README records its numbers and the command.
+
+Variants: the robot's own Trigger reset with the registered pendulum task; a plant that
+resets itself (when its host has sent zero torque for a while: reset ``none`` with a
+``reset_hold``) with the task defined by the file alone (no env_id); a damped pendulum
+that is never reset, with the settle provider.
+"""
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ros
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANT = ROOT / 'test' / 'ros2_control_plant.py'
+EXAMPLE = ROOT / 'config' / 'example_ros2_control_pendulum.yaml'
+EPISODE = 200
+EVAL_EPISODES = 2
+
+VARIANTS = {
+    # plant arguments, /** changes, episodes node changes
+    'trigger_registered_task': (
+        ['--reset', 'trigger'],
+        {'task': 'pendulum', 'observation_low': [], 'observation_high': []},
+        {'reset': 'service', 'reset_service': '/pendulum/reset'},
+    ),
+    'self_reset_robot_task': (
+        ['--reset', 'self', '--idle-reset', '0.3'],
+        {},
+        {'reset': 'none', 'reset_hold': 0.6},
+    ),
+    'settle_robot_task': (
+        ['--reset', 'none', '--damping', '4.0'],
+        {},
+        {
+            'reset': 'settle',
+            'settle_features': ['theta_dot'],
+            'settle_tolerance': 0.1,
+            'settle_time': 0.3,
+            'reset_timeout': 20.0,
+        },
+    ),
+}
+
+
+def task_file(tmp_path: Path, shared: dict, episodes: dict) -> Path:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    section = document['/**']['ros__parameters']
+    for key, value in shared.items():
+        if value == []:
+            section.pop(key, None)  # the registered task's own value
+        else:
+            section[key] = value
+    if section['task'] == 'pendulum':
+        for key in ('observation_names', 'action_names', 'angle_pairs', 'reward'):
+            section.pop(key, None)
+    document['episodes']['ros__parameters'].update(episodes)
+    document['policy_trainer']['ros__parameters'].update(surrogate_steps_first=20_000)
+    document['run_supervisor']['ros__parameters'].update(eval_episodes=EVAL_EPISODES)
+    path = tmp_path / 'robot.yaml'
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_training_on_an_independent_ros2_control_plant(variant, start_process, tmp_path):
+    plant_arguments, shared, episodes = VARIANTS[variant]
+    params = task_file(tmp_path, shared, episodes)
+    plant = start_process([sys.executable, str(PLANT), *plant_arguments], name='plant')
+    assert plant.wait_for_output('"ready": true', timeout=30), plant.output()
+    run_dir = tmp_path / 'run'
+    train = start_process(
+        [
+            sys.executable,
+            '-m',
+            'sindyrl_ros.cli',
+            'train',
+            '--backend',
+            'ros2_control',
+            '--config',
+            str(params),
+            '--budget',
+            str(EPISODE),
+            '--run-dir',
+            str(run_dir),
+            '--timeout',
+            '200',
+        ],
+        name='train',
+    )
+    try:
+        code = train.process.wait(timeout=230)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f'the run did not end:\n{train.output()[-3000:]}')
+    plant.stop()
+    counters = json.loads(plant.output().strip().splitlines()[-1])
+    summary_path = run_dir / 'summary.json'
+    assert summary_path.exists(), train.output()[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert code in (0, 3), train.output()[-3000:]  # 0: threshold reached, 3: budget spent
+    assert summary['stop_reason'] in ('budget', 'threshold'), summary['stop_reason']
+
+    # Whole episodes of the task's length, at the control period, counted by the episodes node.
+    events = [json.loads(line) for line in (run_dir / 'progress.jsonl').read_text().splitlines()]
+    episodes_seen = [e for e in events if e['event'] == 'episode']
+    assert [e['length'] for e in episodes_seen] == [EPISODE] * (1 + EVAL_EPISODES), episodes_seen
+    assert [e['mode'] for e in episodes_seen] == ['explore'] + ['evaluate'] * EVAL_EPISODES
+    assert all(e['end'] == 'episode_length' for e in episodes_seen)
+    assert summary['real_steps'] == EPISODE and summary['eval_steps'] == EVAL_EPISODES * EPISODE
+    assert summary['model_version'] >= 1 and summary['evaluations'], summary
+    assert -2000.0 < summary['eval_return_mean'] <= 0.0  # Pendulum's returns are costs
+    node = summary['node_diagnostics']['/episodes']['values']
+    assert node['reset_failures'] == '0' and node['missing_rewards'] == '0', node
+    assert int(node['resets']) >= 1 + EVAL_EPISODES, node
+    # The plant: every command it got was a finite torque within the task's limits.
+    assert counters['ignored_commands'] == 0 and counters['commands'] > 3 * EPISODE, counters
+    assert counters['max_abs_torque'] <= 2.0, counters
+    if variant != 'settle_robot_task':  # the settle variant never resets the pendulum
+        assert counters['resets'] >= 1 + EVAL_EPISODES, counters
+    # The model was fitted on transitions at the control period (about 200), not at the
+    # joint state rate (about 800).
+    model = json.loads(sorted((run_dir / 'models').glob('model_*.json'))[-1].read_text())
+    assert EPISODE - 3 <= model['transitions'] <= EPISODE, model['transitions']
+    assert 'Traceback' not in (run_dir / 'logs' / 'episodes.log').read_text()
