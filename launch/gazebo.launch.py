@@ -1,12 +1,22 @@
 """Learn the cart-pole swing-up in Gazebo: `ros2 launch sindyrl_ros gazebo.launch.py`.
 
-Starts Gazebo (Harmonic on Jazzy, Ionic on Kilted) with description/empty.sdf, spawns the
-cart-pole of description/cartpole.urdf (published by robot_state_publisher), whose
-gz_ros2_control plugin runs the controller manager; then, each step once the previous one has
-succeeded: the joint_state_broadcaster spawner, the effort_controller spawner
-(config/gazebo_controllers.yaml) and the sindyrl_ros training graph. ros_gz_bridge carries
-/clock from Gazebo (config/gazebo_bridge.yaml); every sindyrl_ros node runs on it
-(use_sim_time). When the run supervisor reports the run over, everything shuts down.
+Starts the Gazebo server as ros_gz_sim's ``gzserver`` node (gz_server.launch.py; Harmonic on
+Jazzy, Ionic on Kilted) with description/empty.sdf, and the GUI (``gz sim -g``) unless
+``headless:=true``; spawns the cart-pole of description/cartpole.urdf (published by
+robot_state_publisher), whose gz_ros2_control plugin runs the controller manager; then, each
+step once the previous one has succeeded: the joint_state_broadcaster spawner, the
+effort_controller spawner (config/gazebo_controllers.yaml) and the sindyrl_ros training
+graph. ros_gz_bridge carries /clock from Gazebo (config/gazebo_bridge.yaml); every sindyrl_ros
+node runs on it (use_sim_time). When the run supervisor reports the run over, everything
+shuts down.
+
+Episodes, holds and resets: the episodes node of the graph (backend 'gazebo') cuts and
+scores the episodes and drives the simulator through the ROS 2 standard
+simulation_interfaces services the ``gzserver`` node offers (/gzserver/reset_simulation,
+/gzserver/set_simulation_state): the world is reset after every episode and really paused
+while models and policies are trained. A ros_gz_sim without them (older than the
+simulation_interfaces support) leaves the run waiting, and the episodes node says for which
+service.
 
 With `policy:=<file>` it runs that saved policy instead of learning (the deployment graph:
 sensor ingestion and the controller, exploration off), e.g. a policy learnt on the embedded
@@ -19,12 +29,12 @@ launch_ros nodes of their own packages.
 """
 
 from pathlib import Path
-import shlex
 import xml.etree.ElementTree as ElementTree
 
 from launch import LaunchDescription
 from launch.actions import (
     DeclareLaunchArgument,
+    ExecuteProcess,
     IncludeLaunchDescription,
     LogInfo,
     OpaqueFunction,
@@ -100,14 +110,17 @@ def _gazebo_graph(context):
     run_dir = LaunchConfiguration('run_dir').perform(context) or None
     policy = LaunchConfiguration('policy').perform(context)
 
-    # -r: run at once (the learning graph follows /clock); -s: server only, no GUI.
-    gz_args = f'{"-s " if headless else ""}-r -v 2 {shlex.quote(str(WORLD))}'
+    # The server as ros_gz_sim's gzserver node: it runs the world at once (the learning
+    # graph follows /clock) and offers the simulation_interfaces services.
     gazebo = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(
-            PathJoinSubstitution([FindPackageShare('ros_gz_sim'), 'launch', 'gz_sim.launch.py'])
+            PathJoinSubstitution(
+                [FindPackageShare('ros_gz_sim'), 'launch', 'gz_server.launch.py']
+            )
         ),
-        launch_arguments={'gz_args': gz_args, 'on_exit_shutdown': 'true'}.items(),
+        launch_arguments={'world_sdf_file': str(WORLD)}.items(),
     )
+    gui = [] if headless else [ExecuteProcess(cmd=['gz', 'sim', '-g'], output='screen')]
     clock_bridge = launch_ros.actions.Node(
         package='ros_gz_bridge',
         executable='parameter_bridge',
@@ -159,6 +172,7 @@ def _gazebo_graph(context):
     sindyrl_nodes = ros_nodes(specs)
     actions = [
         gazebo,
+        *gui,
         clock_bridge,
         state_publisher,
         spawn,
@@ -196,7 +210,7 @@ def generate_launch_description():
                 'headless',
                 default_value='false',
                 choices=['true', 'false'],
-                description='true: Gazebo server only (gz sim -s), no GUI',
+                description='true: Gazebo server only, no GUI (gz sim -g)',
             ),
             DeclareLaunchArgument(
                 'task',

@@ -131,6 +131,11 @@ def _node(executable: str, files, parameters: dict) -> NodeSpec:
     )
 
 
+def _trigger(backend: str) -> str:
+    """How the controller is triggered while learning (see the controller's docstring)."""
+    return 'stamp' if backend in EXTERNAL_PLANTS else 'observation'
+
+
 def _plant_side(backend: str, files, parameters: dict, training: bool) -> list[NodeSpec]:
     """The node that is the plant for this backend.
 
@@ -181,18 +186,13 @@ def training_graph(
     # Lockstep needs the controller to answer each observation, and so does a rig: it samples
     # on its own timer, so its state rate is the control rate and each answer should reach
     # it before its next sample. A robot's joint states come at their own rate (100 Hz to
-    # 1 kHz): the controller runs its fixed-rate loop, on the steady clock on hardware and
-    # on Gazebo's clock there, and starts on its safe command until the episodes node
-    # activates it (nothing moves before the run supervisor says so).
+    # 1 kHz): the controller answers the first observation of each control period by the
+    # observations' stamps, so recorded steps are one period long however late this
+    # computer runs it, and it starts on its safe command until the episodes node activates
+    # it (nothing moves before the run supervisor says so).
+    controller = dict(sim_time, trigger=_trigger(backend))
     if backend in EXTERNAL_PLANTS:
-        controller = dict(
-            sim_time,
-            trigger='timer',
-            clock='steady' if backend == 'ros2_control' else 'ros',
-            start_active=False,
-        )
-    else:
-        controller = dict(sim_time, trigger='observation')
+        controller['start_active'] = False
     if backend == 'sim':
         # Soft start protects hardware from a jump at a policy swap; in simulation it would
         # only blur the first steps of each evaluation.
@@ -222,13 +222,11 @@ def deploy_graph(task_file: Path, policy_file: str, backend: str = 'sim') -> lis
     _check(task_file, backend)
     sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
     controller = dict(sim_time, policy_file=str(policy_file), mode='evaluate')
-    if backend == 'sim':
-        controller['trigger'] = 'observation'
+    if backend == 'serial':
+        # A rig runs on its own: a fixed-rate loop on the steady clock (immune to jumps).
+        controller.update(trigger='timer', clock='steady')
     else:
-        # A rig, a robot or Gazebo runs on its own: a fixed-rate loop, on the steady clock on
-        # hardware (no /clock there), on Gazebo's clock in Gazebo.
-        clock = 'ros' if USES_SIM_TIME[backend] else 'steady'
-        controller.update(trigger='timer', clock=clock)
+        controller['trigger'] = _trigger(backend)
     files = (task_file,)
     nodes = _plant_side(backend, files, sim_time, training=False)
     nodes += [_node('sensor_ingestion', files, sim_time), _node('controller', files, controller)]

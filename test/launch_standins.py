@@ -64,6 +64,7 @@ def _stub_launch_modules(created_nodes: list) -> dict[str, types.ModuleType]:
         'Shutdown',
         'LogInfo',
         'GroupAction',
+        'ExecuteProcess',
     ):
         setattr(actions, name, type(name, (_Recorded,), {}))
     modules['launch.event_handlers'].OnProcessExit = OnProcessExit

@@ -368,15 +368,15 @@ def test_launch_starts_gazebo_with_the_world(headless, monkeypatch):
     source = includes[0].args[0]
     path = source.args[0]
     assert type(path).__name__ == 'PathJoinSubstitution'
+    # The server as the gzserver node: it offers the simulation_interfaces services the
+    # episodes node resets and pauses the world with.
     share, *rest = path.args[0]
-    assert share.args == ('ros_gz_sim',) and rest == ['launch', 'gz_sim.launch.py']
+    assert share.args == ('ros_gz_sim',) and rest == ['launch', 'gz_server.launch.py']
     arguments = dict(includes[0].kwargs['launch_arguments'])
-    gz_args = arguments['gz_args'].split()
-    assert '-r' in gz_args  # running from the start: the graph waits on /clock
-    assert ('-s' in gz_args) == (headless == 'true')
-    world = Path(gz_args[-1])
+    world = Path(arguments['world_sdf_file'])
     assert world.is_absolute() and world.samefile(WORLD)
-    assert arguments['on_exit_shutdown'] == 'true'
+    guis = [e for e in entities if type(e).__name__ == 'ExecuteProcess']
+    assert [g.kwargs['cmd'] for g in guis] == ([] if headless == 'true' else [['gz', 'sim', '-g']])
 
 
 def test_launch_publishes_the_model_spawns_it_and_bridges_the_clock(monkeypatch):
@@ -440,10 +440,13 @@ def test_launch_spawns_controllers_then_the_learning_graph_in_order(monkeypatch,
         assert [Path(f).resolve() for f in files] == [TASK_FILE.resolve()]
         assert overrides == spec.parameters
         assert overrides['use_sim_time'] is True
-    assert (
-        learning[[s.name for s in specs].index('controller')].kwargs['parameters'][-1]['trigger']
-        == 'timer'
-    )
+    controller = learning[[s.name for s in specs].index('controller')].kwargs['parameters'][-1]
+    assert controller['trigger'] == 'stamp' and controller['start_active'] is False
+    # The episodes node stands in for a plant node, and drives Gazebo's simulation services.
+    episodes = learning[[s.name for s in specs].index('episodes')].kwargs['parameters'][-1]
+    assert episodes['reset'] == 'simulation_interfaces'
+    assert episodes['simulation_services'] == '/gzserver'
+    assert episodes['start_paused'] is True
 
     # When the run supervisor exits (run over), everything stops.
     supervisor = learning[[s.name for s in specs].index('run_supervisor')]
@@ -462,7 +465,7 @@ def test_launch_with_a_policy_runs_the_deployment_graph(monkeypatch, tmp_path):
     assert [n.kwargs['parameters'][-1] for n in deployed] == [s.parameters for s in specs]
     controller = deployed[1].kwargs['parameters'][-1]
     assert controller['policy_file'] == str(policy) and controller['mode'] == 'evaluate'
-    assert controller['use_sim_time'] is True and controller['clock'] == 'ros'
+    assert controller['use_sim_time'] is True and controller['trigger'] == 'stamp'
     assert not [e for e in deployed if e.kwargs['name'] == 'run_supervisor']
     assert len(handlers) == 3  # no run supervisor to wait for
 

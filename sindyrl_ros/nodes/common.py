@@ -56,6 +56,8 @@ __all__ = [
     'RELIABLE_QOS',
     'TRANSITION_QOS',
     'EPISODE_QOS',
+    'Waits',
+    'WAIT_REPORT_PARAMETER',
     'LATCHED_QOS',
     'ParamSpec',
     'ParameterFileError',
@@ -269,6 +271,17 @@ SHARED_PARAMETERS = [
         read_only=True,
     ),
 ]
+
+# Every node that can wait for something (a service, a first message, an operator) says so
+# after this long (see Waits).
+WAIT_REPORT_PARAMETER = ParamSpec(
+    'wait_report',
+    5.0,
+    'Seconds after which what the node waits for (a service, a first message, a reset) is '
+    'logged as WAITING: ... and shown in /diagnostics',
+    range=(0.1, 3600.0),
+    read_only=True,
+)
 
 _ARRAY_ELEMENT = {
     Parameter.Type.BOOL_ARRAY: Parameter.Type.BOOL,
@@ -734,6 +747,55 @@ class Diagnostics:
 
 
 # --------------------------------------------------------------------------- messages
+
+
+class Waits:
+    """What a node waits for, said once it has waited ``after`` seconds.
+
+    A run that waits silently looks hung: each thing waited for (a service, a first
+    message, an operator) is logged once as ``WAITING: <what> (<n> s so far)`` (the line
+    ``sindyrl-ros train`` shows on the terminal) and listed in the node's ``/diagnostics``
+    warning until it is over, which is logged too. Call :meth:`check` periodically.
+    """
+
+    def __init__(self, node: Node, diagnostics: Diagnostics, after: float) -> None:
+        self._node = node
+        self._diagnostics = diagnostics
+        self.after = float(after)
+        self._since: dict[str, float] = {}
+        self._reported: set[str] = set()
+
+    def start(self, what: str) -> None:
+        """Waiting for ``what`` from now (no-op while already waiting for it)."""
+        self._since.setdefault(what, time.monotonic())
+
+    def stop(self, what: str) -> None:
+        """No longer waiting for ``what``."""
+        self._since.pop(what, None)
+
+    def waiting(self, what: str, waiting: bool) -> None:
+        """:meth:`start` or :meth:`stop`, as ``waiting`` says."""
+        if waiting:
+            self.start(what)
+        else:
+            self.stop(what)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        long = sorted(what for what, since in self._since.items() if now - since >= self.after)
+        for what in long:
+            if what not in self._reported:
+                self._reported.add(what)
+                self._node.get_logger().warning(
+                    f'WAITING: {what} ({now - self._since[what]:.0f} s so far)'
+                )
+        for what in sorted(self._reported - set(self._since)):
+            self._reported.discard(what)
+            self._node.get_logger().info(f'no longer waiting: {what}')
+        if long:
+            self._diagnostics.warnings['waiting'] = 'waiting for ' + '; '.join(long)
+        else:
+            self._diagnostics.warnings.pop('waiting', None)
 
 
 class MessageError(Exception):

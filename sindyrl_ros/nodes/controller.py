@@ -9,6 +9,15 @@ Triggers (``trigger``):
     A fixed-rate loop at ``control_rate`` using the latest observation; on the ROS clock
     (``clock: ros``, follows /clock in simulation) or the steady clock (``clock: steady``,
     hardware: immune to clock jumps).
+``stamp``
+    For a robot whose joint states come faster than the control rate (a ros2_control
+    broadcaster at 100 Hz–1 kHz): the first observation of each control period is answered,
+    the periods counted on the observations' own stamps (a grid of ``1 / control_rate``
+    that starts at the first answered stamp; an observation within 10 % of a period before
+    the next grid point counts for it). The answered states are then one period apart by
+    measurement time, whatever the scheduling of this process, so the recorded steps are
+    the plant's control period, not the period of a timer that a loaded computer delays.
+    The steady-clock watchdog sends the safe command while observations are missing.
 
 Actions: no policy yet -> uniform random actions within the limits in ``explore`` mode
 (seeded), the safe command in ``evaluate`` mode; with a policy -> its action, plus
@@ -67,9 +76,11 @@ from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
     SHARED_PARAMETERS,
+    WAIT_REPORT_PARAMETER,
     Diagnostics,
     MessageError,
     ParamSpec,
+    Waits,
     check_parameter_files,
     command_message,
     configuration_error,
@@ -84,10 +95,11 @@ CONTROLLER_PARAMETERS = [
     ParamSpec(
         'trigger',
         'observation',
-        'observation: answer each observation once '
-        '(lockstep sim); timer: fixed-rate loop at control_rate',
+        'observation: answer each observation once (lockstep sim, a rig); timer: fixed-rate '
+        'loop at control_rate; stamp: answer the first observation of each control period '
+        "by the observations' stamps (a robot whose joint states come faster)",
         read_only=True,
-        choices=('observation', 'timer'),
+        choices=('observation', 'timer', 'stamp'),
     ),
     ParamSpec(
         'clock',
@@ -177,11 +189,13 @@ CONTROLLER_PARAMETERS = [
         range=(0.01, 3600.0),
         read_only=True,
     ),
+    WAIT_REPORT_PARAMETER,
 ]
 # Everything this node declares (what a parameter file may set for it).
 PARAMETERS = SHARED_PARAMETERS + CONTROLLER_PARAMETERS
 
 OUTPUT_TOLERANCE = 1e-9  # policy outputs may exceed the limits by rounding only
+FIRST_OBSERVATION = 'the first observation on /sindyrl/observation (from sensor ingestion)'
 
 
 class TickTiming:
@@ -256,6 +270,8 @@ class ControllerNode(Node):
         self._recent_next = 0
         self._rng = np.random.default_rng(p.seed)
         self._observation_stamp_ns: int | None = None
+        self._period_ns = int(round(self.control_period * 1e9))
+        self._next_answer_ns: int | None = None  # stamp trigger: the next grid point
         self._observation_received = -np.inf
         self._policy: NumpyPolicy | None = None
         self._mode = p.mode
@@ -278,6 +294,8 @@ class ControllerNode(Node):
         ):
             self.diagnostics.counters[key] = 0
         self.diagnostics.set('trigger', p.trigger)
+        self.waits = Waits(self, self.diagnostics, p.wait_report)
+        self.waits.start(FIRST_OBSERVATION)
         self._report_state()
 
         topic = f'/{p.controller_name}/commands'
@@ -302,6 +320,7 @@ class ControllerNode(Node):
             self._swap_in(policy, p.policy_file)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(1.0, self.waits.check, clock=steady)  # not on the control path
         self._tick_timing = TickTiming(self.control_period, self.diagnostics)
         if p.trigger == 'timer':
             clock = steady if p.clock == 'steady' else None
@@ -408,6 +427,8 @@ class ControllerNode(Node):
         if last is not None and stamp_ns == last:
             # A re-sent state (its command was lost): answered again.
             self.diagnostics.increment('repeated_observations')
+        if self._observation_stamp_ns is None:
+            self.waits.stop(FIRST_OBSERVATION)
         self.diagnostics.increment('observations')
         np.copyto(self._observation, self._incoming)
         self._observation_stamp_ns = stamp_ns
@@ -415,8 +436,22 @@ class ControllerNode(Node):
         self._recent[self._recent_next] = self._incoming
         self._recent_next = (self._recent_next + 1) % len(self._recent)
         self._recent_count = min(self._recent_count + 1, len(self._recent))
-        if self.parameters.trigger == 'observation':
+        trigger = self.parameters.trigger
+        if trigger == 'observation':
             self._control(stamp_ns)
+        elif trigger == 'stamp' and self._due(stamp_ns):
+            self._control(stamp_ns)
+
+    def _due(self, stamp_ns: int) -> bool:
+        """Stamp trigger: whether this observation starts the next control period."""
+        period_ns = self._period_ns
+        if self._next_answer_ns is None or stamp_ns - self._next_answer_ns > period_ns:
+            self._next_answer_ns = stamp_ns + period_ns  # first, or after a gap: anchor here
+            return True
+        if stamp_ns < self._next_answer_ns - period_ns // 10:
+            return False
+        self._next_answer_ns += period_ns
+        return True
 
     def _on_estop(self, message: Bool) -> None:
         """Latch on ``true``; release on an explicit ``false`` only.
@@ -573,7 +608,7 @@ class ControllerNode(Node):
         self._tick_timing.record(started, time.perf_counter_ns())
 
     def _on_watchdog(self) -> None:
-        """Observation trigger: safe command while observations are missing (after the first)."""
+        """Observation and stamp triggers: the safe command while observations are missing."""
         if self._observation_stamp_ns is not None and not self._fresh():
             self._publish_safe()
 
@@ -617,7 +652,7 @@ class ControllerNode(Node):
     def _loop_time_ns(self, stamp_ns: int) -> int:
         """Now on the loop's clock: the observation's stamp, the ROS clock or steady time."""
         p = self.parameters
-        if p.trigger == 'observation':
+        if p.trigger in ('observation', 'stamp'):
             return stamp_ns
         if p.clock == 'steady':
             return time.monotonic_ns()

@@ -71,9 +71,11 @@ from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
+    WAIT_REPORT_PARAMETER,
     Diagnostics,
     MessageError,
     ParamSpec,
+    Waits,
     check_parameter_files,
     configuration_error,
     declare_parameters,
@@ -83,6 +85,7 @@ from sindyrl_ros.nodes.common import (
     task_from_parameters,
 )
 
+FIRST_OBSERVATION = 'the first observation on /sindyrl/observation'
 PROVIDERS = ('service', 'settle', 'operator', 'simulation_interfaces', 'none')
 
 EPISODES_PARAMETERS = [
@@ -182,14 +185,7 @@ EPISODES_PARAMETERS = [
         range=(0.1, 3600.0),
         read_only=True,
     ),
-    ParamSpec(
-        'wait_report',
-        5.0,
-        'Seconds after which what the node waits for is logged (WAITING:) and shown in '
-        '/diagnostics',
-        range=(0.1, 3600.0),
-        read_only=True,
-    ),
+    WAIT_REPORT_PARAMETER,
     ParamSpec(
         'diagnostics_period',
         1.0,
@@ -211,7 +207,6 @@ class _Reset:
         self.stage = 'provider'  # provider -> hold -> done
         self.hold_until = 0.0
         self.calling = False
-        self.reported = False
 
 
 class EpisodesNode(Node):
@@ -263,12 +258,10 @@ class EpisodesNode(Node):
         self._started = time.monotonic()
         self._reset: _Reset | None = None
         self._reset_waiters: list[tuple[Future, dict]] = []
-        # The controller state to send, and the requests waiting for its answer.
-        self._pending_controller: tuple[bool, list] | None = None
+        # Calls whose service is not there yet: (client, request, outcome, waiters).
+        self._unsent: list[tuple] = []
         self._last_reset = (True, 'reset')
         self._operator_ready = False
-        self._waiting_for: dict[str, float] = {}  # what -> since (monotonic)
-        self._reported_waits: set[str] = set()
         self.episodes = 0
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
@@ -277,6 +270,8 @@ class EpisodesNode(Node):
         self.diagnostics.set('task', task.name)
         self.diagnostics.set('reset_provider', self.provider)
         self.diagnostics.set('state', self.control.state)
+        self.waits = Waits(self, self.diagnostics, p.wait_report)
+        self.waits.start(FIRST_OBSERVATION)
 
         main = self._main
         self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
@@ -359,7 +354,7 @@ class EpisodesNode(Node):
             return
         stamp_ns = stamp_to_ns(message.header.stamp)
         self._latest_observation = observation
-        self._waiting_for.pop('first observation on /sindyrl/observation', None)
+        self.waits.stop(FIRST_OBSERVATION)
         self.ledger.add_observation(stamp_ns, observation)
         self._count(self.steps.add_observation(stamp_ns, observation))
 
@@ -432,72 +427,64 @@ class EpisodesNode(Node):
 
     def _set_controller(self, active: bool, waiters: list | None) -> None:
         """Ask the controller to (de)activate; ``waiters`` learn when it answered."""
-        waiters = list(waiters or [])
-        _expect(waiters)
-        if self._pending_controller is not None:  # not sent yet: the newer state wins
-            waiters = self._pending_controller[1] + waiters
-        self._pending_controller = (active, waiters)
-        self._call_controller()
-
-    def _call_controller(self) -> None:
-        if self._pending_controller is None:
-            return
-        waiting = f'the controller service {self._controller.srv_name}'
-        if not self._controller.service_is_ready():
-            self._waiting_for.setdefault(waiting, time.monotonic())
-            return
-        self._waiting_for.pop(waiting, None)
-        active, waiters = self._pending_controller
-        self._pending_controller = None
-        future = self._controller.call_async(SetBool.Request(data=active))
         what = 'activate' if active else 'deactivate'
 
-        def done(finished) -> None:
-            response = finished.result()
-            ok = response is not None and response.success
-            _settle(
-                waiters,
-                ok,
-                f'controller {what}: ' + (response.message if response else 'no answer'),
-            )
+        def outcome(response) -> tuple[bool, str]:
+            return response.success, f'controller {what}: {response.message}'
 
-        future.add_done_callback(done)
+        self._send(self._controller, SetBool.Request(data=active), outcome, waiters)
 
     def _set_simulation_paused(self, paused: bool, waiters: list | None) -> None:
+        """Pause or play the simulator (simulation_interfaces SetSimulationState)."""
         from simulation_interfaces.msg import SimulationState
         from simulation_interfaces.srv import SetSimulationState
 
-        state = SimulationState.STATE_PAUSED if paused else SimulationState.STATE_PLAYING
         request = SetSimulationState.Request()
-        request.state.state = state
-        client = self._simulation_state
-        if not client.wait_for_service(timeout_sec=0.0):
-            self.get_logger().warning(
-                f'{client.srv_name} is not available: the simulator is not '
-                + ('paused' if paused else 'resumed')
-            )
-            return
-        waiters = list(waiters or [])
-        _expect(waiters)
-        future = client.call_async(request)
+        request.state.state = (
+            SimulationState.STATE_PAUSED if paused else SimulationState.STATE_PLAYING
+        )
 
-        def done(finished) -> None:
-            response = finished.result()
-            ok = response is not None and response.result.result in (
-                response.result.RESULT_OK,
+        def outcome(response) -> tuple[bool, str]:
+            # Gazebo answers RESULT_OK for the state it is already in, the standard 101.
+            result = response.result
+            ok = result.result in (
+                result.RESULT_OK,
                 SetSimulationState.Response.ALREADY_IN_TARGET_STATE,
             )
-            message = (
-                f'simulation {"paused" if paused else "playing"}'
-                if ok
-                else (
-                    f'{client.srv_name} refused: '
-                    + (response.result.error_message if response else 'no answer')
-                )
-            )
-            _settle(waiters, ok, message)
+            done = f'simulation {"paused" if paused else "playing"}'
+            return ok, done if ok else f'{done} refused: {result.error_message}'
 
-        future.add_done_callback(done)
+        self._send(self._simulation_state, request, outcome, waiters)
+
+    def _send(self, client, request, outcome, waiters: list | None) -> None:
+        """Call ``client`` as soon as its service is there; a newer request to the same
+        service replaces one not sent yet (its waiters wait for the newer one)."""
+        waiters = list(waiters or [])
+        _expect(waiters)
+        for pending in self._unsent:
+            if pending[0] is client:
+                self._unsent.remove(pending)
+                waiters = pending[3] + waiters
+                break
+        self._unsent.append((client, request, outcome, waiters))
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        for pending in list(self._unsent):
+            client, request, outcome, waiters = pending
+            waiting = f'the service {client.srv_name}'
+            self.waits.waiting(waiting, not client.service_is_ready())
+            if not client.service_is_ready():
+                continue
+            self._unsent.remove(pending)
+            future = client.call_async(request)
+
+            def done(finished, outcome=outcome, waiters=waiters, name=client.srv_name) -> None:
+                response = finished.result()
+                ok, message = outcome(response) if response else (False, f'{name}: no answer')
+                _settle(waiters, ok, message)
+
+            future.add_done_callback(done)
 
     # ------------------------------------------------------------------ resets
 
@@ -508,6 +495,7 @@ class EpisodesNode(Node):
         if self.settle is not None:
             self.settle.restart()
         self.diagnostics.increment('resets')
+        self.waits.start(self._reset_waits_for(self._reset))
         if self.provider == 'operator':
             self.diagnostics.increment('operator_resets')
             self.diagnostics.warnings['operator'] = (
@@ -535,9 +523,6 @@ class EpisodesNode(Node):
         if reset.stage == 'provider':
             done = self._provider_done(reset, now)
             if done is None:
-                if not reset.reported and now - reset.started >= self.parameters.wait_report:
-                    reset.reported = True
-                    self.get_logger().warning(f'WAITING: {self._reset_waits_for(reset)}')
                 return
             ok, message = done
             if not ok:
@@ -606,6 +591,7 @@ class EpisodesNode(Node):
         return None
 
     def _reset_done(self, ok: bool, message: str) -> None:
+        self.waits.stop(self._reset_waits_for(self._reset))
         self._reset = None
         self.diagnostics.warnings.pop('operator', None)
         if ok:
@@ -677,7 +663,7 @@ class EpisodesNode(Node):
                 result['ok'] = False
                 result.setdefault('messages', []).append('no outcome in time')
                 future.set_result(False)
-        self._call_controller()
+        self._send_unsent()
         self._advance_reset(now)
         _, records = self.ledger.poll(now)
         for record in records:
@@ -691,28 +677,7 @@ class EpisodesNode(Node):
                 'real steps in all'
             )
         self.diagnostics.counters['missing_rewards'] = self.ledger.missing_rewards
-        if self._latest_observation is None:
-            self._waiting_for.setdefault('first observation on /sindyrl/observation', now)
-        self._report_waits(now)
-
-    def _report_waits(self, now: float) -> None:
-        waits = {
-            what: since
-            for what, since in self._waiting_for.items()
-            if now - since >= self.parameters.wait_report
-        }
-        for what in waits:
-            if what not in self._reported_waits:
-                self._reported_waits.add(what)
-                self.get_logger().warning(f'WAITING: {what} ({now - waits[what]:.0f} s so far)')
-        for what in list(self._reported_waits):
-            if what not in self._waiting_for:
-                self._reported_waits.discard(what)
-                self.get_logger().info(f'no longer waiting: {what}')
-        if waits:
-            self.diagnostics.warnings['waiting'] = 'waiting for ' + ', '.join(sorted(waits))
-        else:
-            self.diagnostics.warnings.pop('waiting', None)
+        self.waits.check()
 
 
 def _expect(waiters: list) -> None:

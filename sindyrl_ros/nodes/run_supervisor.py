@@ -53,8 +53,10 @@ from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
     SHARED_PARAMETERS,
+    WAIT_REPORT_PARAMETER,
     Diagnostics,
     ParamSpec,
+    Waits,
     check_parameter_files,
     configuration_error,
     declare_parameters,
@@ -116,14 +118,7 @@ RUN_SUPERVISOR_PARAMETERS = [
         range=(0.0, 1e9),
         read_only=True,
     ),
-    ParamSpec(
-        'wait_report',
-        5.0,
-        'Seconds after which what the run waits for (a service, a plant answer) is logged '
-        '(WAITING:) and shown in /diagnostics',
-        range=(0.1, 3600.0),
-        read_only=True,
-    ),
+    WAIT_REPORT_PARAMETER,
     ParamSpec(
         'hold_for_policy',
         True,
@@ -165,6 +160,12 @@ RUN_SUPERVISOR_PARAMETERS = [
 # long ends: no model is coming. Far above the updater's reporting lag (about one
 # diagnostics period) after the chunk's last transition.
 NO_REFIT_GRACE_S = 10.0
+# Who offers each service the supervisor calls (said when it waits for one).
+SERVICE_OWNERS = {
+    '/controller/set_mode': 'the controller',
+    '/plant/reset': 'the plant: the simulated plant, the serial bridge or the episodes node',
+    '/plant/pause': 'the plant: the simulated plant, the serial bridge or the episodes node',
+}
 
 
 # Everything this node declares. The threshold is the shared task parameter: the task's
@@ -218,10 +219,8 @@ class RunSupervisor(Node):
         self.reached = False
         self.steps_to_threshold: int | None = None
         self.node_status: dict[str, dict] = {}
-        self._pending_calls: list[tuple[Any, Any, str, float, float]] = []
-        self._waiting_since: float | None = None
-        self._waiting_key = ''
-        self._waiting_reported = False
+        self._pending_calls: list[tuple[Any, Any, str, float]] = []
+
         self._summary_written = False
         # Synchronous Dyna bookkeeping (hold_for_policy).
         self.holds = 0
@@ -240,6 +239,7 @@ class RunSupervisor(Node):
         self._deferred_episodes: list[tuple[bool, float]] = []
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
+        self.waits = Waits(self, self.diagnostics, p.wait_report)
         self.diagnostics.counters['episodes_seen'] = 0
         for key in (
             'state',
@@ -447,13 +447,12 @@ class RunSupervisor(Node):
             clients = [self.set_mode_client, self.reset_client]
             clients += [self.pause_client] if p.hold_for_policy else []
             missing = [client.srv_name for client in clients if not client.service_is_ready()]
-            self._report_wait(
-                f'the services {", ".join(missing)} (the controller and a plant that offers '
-                '/plant/reset and /plant/pause: the simulated plant, the serial bridge or the '
-                'episodes node)'
-                if missing
-                else None
-            )
+            for client in clients:
+                self.waits.waiting(
+                    f'the service {client.srv_name} ({SERVICE_OWNERS[client.srv_name]})',
+                    client.srv_name in missing,
+                )
+            self.waits.check()
             if not missing:
                 self.state = SWITCHING
                 calls = [self._set_mode_call(explore=True)]
@@ -469,34 +468,13 @@ class RunSupervisor(Node):
             self._finish('max_wall_time')
             return
         now = time.monotonic()
-        waiting = None
-        for future, _, what, deadline, started in list(self._pending_calls):
+        for future, _, what, deadline in list(self._pending_calls):
             if not future.done() and now > deadline:
                 self.get_logger().error(f'no answer from the {what} service')
                 self._finish(f'service_timeout: {what}')
                 return
-            if not future.done() and now - started >= p.wait_report:
-                waiting = f'the answer of the {what} service ({now - started:.0f} s so far)'
-        self._report_wait(waiting)
+        self.waits.check()
         self._check_hold()
-
-    def _report_wait(self, what: str | None) -> None:
-        """Say once (log and /diagnostics) what the run waits for, after ``wait_report`` s."""
-        now = time.monotonic()
-        if what is None:
-            self._waiting_since = None
-            if self._waiting_reported:
-                self._waiting_reported = False
-                self.diagnostics.warnings.pop('waiting', None)
-            return
-        key = what.split(' (')[0]
-        if self._waiting_since is None or self._waiting_key != key:
-            self._waiting_since, self._waiting_key = now, key
-            self._waiting_reported = False
-        if not self._waiting_reported and now - self._waiting_since >= self.parameters.wait_report:
-            self._waiting_reported = True
-            self.get_logger().warning(f'WAITING: {what}')
-            self.diagnostics.warnings['waiting'] = f'waiting for {key}'
 
     def _explore_started(self) -> None:
         self.state = EXPLORE
@@ -790,11 +768,12 @@ class RunSupervisor(Node):
     def _call(self, client, request, what: str, then) -> None:
         """Call a service without blocking the executor; ``then()`` runs on success."""
         future = client.call_async(request)
-        now = time.monotonic()
         timeout = self.parameters.service_timeout
         if client is self.reset_client:
             timeout = self.parameters.reset_timeout or float('inf')
-        entry = (future, client, what, now + timeout, now)
+        entry = (future, client, what, time.monotonic() + timeout)
+        waiting = f'the answer of the {what} service'
+        self.waits.start(waiting)
         self._pending_calls.append(entry)
         resume = client is self.pause_client and not request.data
         if resume:
@@ -802,6 +781,7 @@ class RunSupervisor(Node):
 
         def done(finished) -> None:
             self._pending_calls.remove(entry)
+            self.waits.stop(waiting)
             if self.state == FINISHED:
                 return
             response = finished.result()

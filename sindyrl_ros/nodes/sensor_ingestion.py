@@ -39,6 +39,7 @@ import sys
 
 from nav_msgs.msg import Odometry
 import numpy as np
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Imu, JointState
@@ -48,8 +49,10 @@ from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
     SHARED_PARAMETERS,
+    WAIT_REPORT_PARAMETER,
     Diagnostics,
     ParamSpec,
+    Waits,
     check_parameter_files,
     configuration_error,
     declare_parameters,
@@ -94,6 +97,7 @@ SENSOR_PARAMETERS = [
         range=(0.01, 3600.0),
         read_only=True,
     ),
+    WAIT_REPORT_PARAMETER,
 ]
 # Everything this node declares (what a parameter file may set for it).
 PARAMETERS = SHARED_PARAMETERS + SENSOR_PARAMETERS
@@ -192,6 +196,8 @@ class SensorIngestionNode(Node):
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
         for key in ('joint_states', 'observations', 'retransmitted'):
             self.diagnostics.counters[key] = 0
+        self.waits = Waits(self, self.diagnostics, p.wait_report)
+        self.create_timer(1.0, self.waits.check, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._publisher = self.create_publisher(JointState, 'sindyrl/observation', RELIABLE_QOS)
         # Topic names after remapping, for the messages that say where a refusal came from.
         self._topics = {
@@ -207,6 +213,8 @@ class SensorIngestionNode(Node):
             self._topics['odometry'] = self.create_subscription(
                 Odometry, 'odom', self._on_odometry, SENSOR_QOS
             ).topic_name
+        self._first_joint_state = f'the first joint state on {self._topics["joint_states"]}'
+        self.waits.start(self._first_joint_state)
         self.get_logger().info(
             f'sensor ingestion ready: {dict(zip(self.observation_names, p.observation_features))}'
         )
@@ -279,6 +287,8 @@ class SensorIngestionNode(Node):
         return index
 
     def _on_joint_states(self, message: JointState) -> None:
+        if not self.diagnostics.counters['joint_states']:
+            self.waits.stop(self._first_joint_state)
         self.diagnostics.increment('joint_states')
         stamp_ns = stamp_to_ns(message.header.stamp)
         where = f'{self._topics["joint_states"]} stamp {_describe_stamp(stamp_ns)}'

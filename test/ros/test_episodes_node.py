@@ -203,10 +203,15 @@ def test_simulation_interfaces_pause_and_reset_a_standin_simulator(
             if line.startswith('{') and f'"service": "{service}"' in line
         ]
 
+    def last_state() -> int | None:
+        # The stand-in prints each call after answering it: its line may come a little later.
+        states = calls('set_simulation_state')
+        return states[-1]['state'] if states else None
+
     # Resume: the simulation plays and the controller drives.
     assert graph.call(graph.pause_client, graph.SetBool.Request(data=False)).success
     assert graph.activations[-1] is True
-    assert calls('set_simulation_state')[-1]['state'] == 1  # STATE_PLAYING
+    assert spin_until(executor, lambda: last_state() == 1, timeout=5)  # STATE_PLAYING
     # An episode of 4 steps ends: the simulation is reset through ResetSimulation.
     observations, torques = pendulum_states(6)
     for k in range(5):
@@ -217,13 +222,15 @@ def test_simulation_interfaces_pause_and_reset_a_standin_simulator(
     )
     # Hold: the simulation is paused, really, and the controller holds the safe command.
     assert graph.call(graph.pause_client, graph.SetBool.Request(data=True)).success
-    assert calls('set_simulation_state')[-1]['state'] == 2  # STATE_PAUSED
+    assert spin_until(executor, lambda: last_state() == 2, timeout=5)  # STATE_PAUSED
     assert graph.activations[-1] is False
-    # The supervisor's reset while held: reset, still paused afterwards.
+    # The supervisor's reset while held: reset, still paused afterwards (no call to play).
+    state_calls = len(calls('set_simulation_state'))
     response = graph.call(graph.reset_client, graph.Trigger.Request())
     assert response.success, response.message
-    assert len(calls('reset_simulation')) == 2
-    assert calls('set_simulation_state')[-1]['state'] == 2
+    assert spin_until(executor, lambda: len(calls('reset_simulation')) == 2, timeout=5)
+    spin_until(executor, lambda: False, timeout=0.5)
+    assert last_state() == 2 and len(calls('set_simulation_state')) == state_calls
     assert 'Traceback' not in episodes.output()
 
 
