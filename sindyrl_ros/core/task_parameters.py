@@ -259,11 +259,20 @@ def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> d
                 'a new task)',
             )
     n, m = task.observation_dim, task.action_dim
-    # Limits may only be tighter than the task's (a safety margin on a real robot).
-    for key, tighter in (('action_low', np.maximum), ('action_high', np.minimum)):
+    # Limits may only be tighter than the task's (a safety margin on a real robot): a file
+    # that widens them is refused, never silently clamped, so what every node, the serial
+    # bridge and an export enforce is exactly what the file says.
+    for key, wider in (('action_low', np.less), ('action_high', np.greater)):
         limits = _numbers(values, key, m)
-        if limits:
-            document[key] = tighter(np.asarray(document[key]), limits).tolist()
+        if not limits:
+            continue
+        if np.any(wider(limits, document[key])):
+            raise TaskParameterError(
+                key,
+                f'{limits} widens task {name}\'s limit {document[key]}: a task file may only '
+                'narrow the limits of a registered task',
+            )
+        document[key] = [float(v) for v in limits]
     for key in ('observation_low', 'observation_high'):
         bounds = _numbers(values, key, n)
         if bounds:

@@ -89,6 +89,7 @@ from sindyrl_ros.nodes.common import (
     read_vector,
     run_node,
     stamp_to_ns,
+    task_from_parameters,
 )
 
 CONTROLLER_PARAMETERS = [
@@ -353,6 +354,12 @@ class ControllerNode(Node):
                 )
         self.action_low = np.array(p.action_low, dtype=np.float64)
         self.action_high = np.array(p.action_high, dtype=np.float64)
+        if p.task:
+            # The task's limits: a registered task's, narrowed by the file (a file that
+            # widens them stops every node, this one included).
+            task = task_from_parameters(self, p)
+            self.action_low = task.action_low.copy()
+            self.action_high = task.action_high.copy()
         if np.any(self.action_low >= self.action_high):
             raise configuration_error(self, 'action_low', 'must be below action_high')
         self._action_range = self.action_high - self.action_low

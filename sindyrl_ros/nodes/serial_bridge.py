@@ -305,10 +305,10 @@ class SerialBridgeNode(Node):
         if p.reconnect_min > p.reconnect_max:
             raise configuration_error(self, 'reconnect_min', 'must not exceed reconnect_max')
         self._mode = _MODES[p.command_mode]
+        self._ledger = self._make_ledger()  # narrows the command limits to the task's
         self._zero_command = np.clip(
             np.zeros(self.command_low.size), self.command_low, self.command_high
         )
-        self._ledger = self._make_ledger()
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
         # Every counter exists from the start: the reader thread only changes values, so
@@ -472,6 +472,13 @@ class SerialBridgeNode(Node):
                 'command_low',
                 f'{self.command_low.size} channels for task {task.name} '
                 f'actions {list(task.action_names)}',
+            )
+        # The rig never gets more than the task allows, whatever command_low/high say.
+        self.command_low = np.maximum(self.command_low, task.action_low)
+        self.command_high = np.minimum(self.command_high, task.action_high)
+        if np.any(self.command_low >= self.command_high):
+            raise configuration_error(
+                self, 'command_low', f'no command is within the task limits of {task.name}'
             )
         self.observation_names = list(task.observation_names)
         self._period_us = task.dt * 1e6

@@ -84,3 +84,31 @@ def test_nodes_start_from_the_example_and_refuse_a_broken_task(start_process, tm
     assert 'threshold 90' in started['run_supervisor'].output()
     for process in started.values():
         assert process.stop() == 0, process.output()
+
+
+@pytest.mark.parametrize('executable', ['controller', 'serial_bridge'])
+def test_a_file_that_widens_a_registered_tasks_limits_stops_the_nodes_that_command(
+    executable, start_process, tmp_path
+):
+    """±20 N·m for the pendulum (limit ±2): the nodes that command an actuator refuse to
+    start (FATAL, exit 2, naming action_high and the file), instead of clamping silently or
+    commanding ±20."""
+    params = write_params(
+        tmp_path / 'wide.yaml',
+        {
+            '/**': {
+                'task': 'pendulum',
+                'observation_names': ['cos_theta', 'sin_theta', 'theta_dot'],
+                'action_names': ['torque'],
+                'action_low': [-2.0],
+                'action_high': [20.0],
+                'control_period': 0.05,
+            },
+            'serial_bridge': {'port': str(tmp_path / 'no_rig'), 'joint_names': ['pendulum_joint']},
+        },
+    )
+    process = start_process(node_command(executable, params), name=executable)
+    assert process.process.wait(timeout=60) == 2, process.output()
+    output = process.output()
+    assert 'FATAL' in output and "'action_high'" in output and 'widens' in output, output
+    assert str(params) in output and 'Traceback' not in output, output

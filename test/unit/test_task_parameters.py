@@ -200,10 +200,15 @@ def test_registered_task_may_be_narrowed_but_not_redefined():
         'observation_high': [],
         'env_id': '',
     }
-    # Defaults of the unset parameters keep the task's values; limits only tighten.
+    # A limit wider than the task's is refused, naming the parameter; tighter ones hold.
+    with pytest.raises(TaskParameterError, match='widens') as widened:
+        task_from_parameters(values, given={'task', 'action_low', 'action_high'})
+    assert widened.value.parameter == 'action_high'
+    values['action_high'] = [1.75]
     task = task_from_parameters(values, given={'task', 'action_low', 'action_high'})
     np.testing.assert_array_equal(task.action_low, [-1.5])
-    np.testing.assert_array_equal(task.action_high, [2.0])
+    np.testing.assert_array_equal(task.action_high, [1.75])
+    # Defaults of the unset parameters keep the task's values.
     assert task.dt == 0.02
     assert task.threshold == pendulum.threshold
     assert task.episode_length == pendulum.episode_length
