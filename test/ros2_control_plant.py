@@ -20,7 +20,8 @@ outside, so training against it shows the package learns on a plant it does not 
   ``none``: never (with ``--damping`` the pendulum comes to rest: the settle provider).
 
 On SIGINT/SIGTERM it prints one JSON line of counters (steps, commands, ignored commands,
-resets, largest torque applied) and exits 0.
+resets, largest torque applied, and the gaps between commands: p50, p99, max in ms) and
+exits 0.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class PendulumRobot(Node):
             'joint_states': 0,
         }
         self.started = time.monotonic()
+        self.command_times: list[float] = []
         self.simulated = 0.0  # seconds of physics done
         self.publisher = self.create_publisher(JointState, 'joint_states', 10)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -81,6 +83,7 @@ class PendulumRobot(Node):
             self.counters['ignored_commands'] += 1
             return
         self.counters['commands'] += 1
+        self.command_times.append(time.monotonic())
         self.torque = float(values[0])
         if self.torque == 0.0:
             if self.zero_since is None:
@@ -159,6 +162,16 @@ def main() -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        gaps = np.diff(node.command_times) * 1e3
+        if gaps.size:
+            node.counters.update(
+                {
+                    f'command_gap_{name}_ms': round(float(value), 2)
+                    for name, value in zip(
+                        ('p50', 'p99', 'max'), (*np.percentile(gaps, [50, 99]), gaps.max())
+                    )
+                }
+            )
         print(json.dumps(node.counters), flush=True)
         node.destroy_node()
         rclpy.try_shutdown()

@@ -62,9 +62,12 @@ TASK_PARAMETERS = (
     'observation_low',
     'observation_high',
     'termination',
+    'saturation_names',
+    'saturation_low',
+    'saturation_high',
 )
 # TaskSpec field -> the parameter that sets it, for error messages.
-_FIELD_PARAMETER = {'name': 'task', 'dt': 'control_period'}
+_FIELD_PARAMETER = {'name': 'task', 'dt': 'control_period', 'saturation': 'saturation_names'}
 
 
 class TaskParameterError(ValueError):
@@ -269,7 +272,7 @@ def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> d
         if np.any(wider(limits, document[key])):
             raise TaskParameterError(
                 key,
-                f'{limits} widens task {name}\'s limit {document[key]}: a task file may only '
+                f"{limits} widens task {name}'s limit {document[key]}: a task file may only "
                 'narrow the limits of a registered task',
             )
         document[key] = [float(v) for v in limits]
@@ -294,6 +297,9 @@ def _registered_document(values: Mapping[str, Any], given: Collection[str]) -> d
         document['dt'] = float(values['control_period'])
     if _termination(values):
         document['termination'] = _termination(values)
+    saturation = _saturation(values)
+    if saturation is not None:
+        document['saturation'] = saturation
     return document
 
 
@@ -357,6 +363,27 @@ def _defined_document(values: Mapping[str, Any], given: Collection[str]) -> dict
         'observation_low': _numbers(values, 'observation_low', n),
         'observation_high': _numbers(values, 'observation_high', n),
         'termination': _termination(values),
+        'saturation': _saturation(values) or {},
+    }
+
+
+def _saturation(values: Mapping[str, Any]) -> dict | None:
+    """``{name: [low, high]}`` from saturation_names/_low/_high; None when not given."""
+    names = _names(values, 'saturation_names')
+    if not names:
+        return None
+    limits = {}
+    for key in ('saturation_low', 'saturation_high'):
+        limits[key] = _numbers(values, key, len(names))
+        if len(limits[key]) != len(names):
+            raise TaskParameterError(
+                key, f'give one value per saturated observation {names}, got {limits[key]}'
+            )
+    return {
+        name: [low, high]
+        for name, low, high in zip(
+            names, limits['saturation_low'], limits['saturation_high'], strict=True
+        )
     }
 
 

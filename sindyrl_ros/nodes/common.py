@@ -194,6 +194,29 @@ SHARED_PARAMETERS = [
         read_only=True,
     ),
     ParamSpec(
+        'saturation_names',
+        [],
+        'Observations the plant clips (e.g. a velocity limit: [theta_dot]): transitions that '
+        'end on a clip are left out of the model fit and the model clips its predictions '
+        "there; empty = the registered task's (or none)" + _SHARED_DESCRIPTION,
+        read_only=True,
+        type=Parameter.Type.STRING_ARRAY,
+    ),
+    ParamSpec(
+        'saturation_low',
+        [],
+        'Lower clip of each of saturation_names' + _SHARED_DESCRIPTION,
+        read_only=True,
+        type=Parameter.Type.DOUBLE_ARRAY,
+    ),
+    ParamSpec(
+        'saturation_high',
+        [],
+        'Upper clip of each of saturation_names' + _SHARED_DESCRIPTION,
+        read_only=True,
+        type=Parameter.Type.DOUBLE_ARRAY,
+    ),
+    ParamSpec(
         'threshold',
         0.0,
         'Mean evaluation return that counts as solved; required with env_id, otherwise the '

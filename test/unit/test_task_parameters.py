@@ -288,3 +288,41 @@ def test_example_task_fits_and_its_surrogate_scores_with_the_expression():
     goal = np.tile([0.5, 0.02], (env.n_envs, 1))
     scored = learner.reward(goal, actions, goal)
     np.testing.assert_allclose(scored, 100.0 - 0.1 * actions[:, 0] ** 2)
+
+
+def test_saturation_is_given_per_observation_name():
+    robot = {
+        'task': 'pendulum_robot',
+        'observation_names': ['cos_theta', 'sin_theta', 'theta_dot'],
+        'action_names': ['torque'],
+        'action_low': [-2.0],
+        'action_high': [2.0],
+        'control_period': 0.05,
+        'reward': 'pendulum',
+        'threshold': -200.0,
+        'episode_length': 200,
+        'observation_low': [-1.1, -1.1, -9.0],
+        'observation_high': [1.1, 1.1, 9.0],
+    }
+    assert task_from_parameters(robot).saturation == {}
+    task = task_from_parameters(
+        {
+            **robot,
+            'saturation_names': ['theta_dot'],
+            'saturation_low': [-8.0],
+            'saturation_high': [8.0],
+        }
+    )
+    assert task.saturation == {'theta_dot': (-8.0, 8.0)} and task.env_id == ''
+    assert refused({**robot, 'saturation_names': ['theta_dot']}).parameter == 'saturation_low'
+    assert (
+        refused(
+            {
+                **robot,
+                'saturation_names': ['omega'],
+                'saturation_low': [-1.0],
+                'saturation_high': [1.0],
+            }
+        ).parameter
+        == 'saturation_names'
+    )
