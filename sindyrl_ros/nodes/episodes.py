@@ -255,7 +255,6 @@ class EpisodesNode(Node):
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._deadlines: list[tuple[float, Future, dict]] = []
         self._latest_observation: np.ndarray | None = None
-        self._started = time.monotonic()
         self._reset: _Reset | None = None
         self._reset_waiters: list[tuple[Future, dict]] = []
         # Calls whose service is not there yet: (client, request, outcome, waiters).
