@@ -21,7 +21,9 @@ the controller is refused, counted in /diagnostics under ``rejected.<reason>`` a
 ``missing_field`` (a needed field is empty), ``duplicate_joint``, ``missing_joint``,
 ``unknown_joint``, ``out_of_order`` (older than the last accepted), ``duplicate_stamp``
 (same stamp, other values), ``stale`` (older than ``max_age`` by the node clock, which
-follows /clock under ``use_sim_time``), ``missing_imu`` / ``missing_odometry`` (none
+follows /clock under ``use_sim_time``), ``future_stamp`` (ahead of the node clock by more
+than ``max_future``), ``invalid_stamp`` (negative seconds, as a stamp past 2**31 - 1 s
+wraps to, or nanoseconds of 10**9 or more), ``missing_imu`` / ``missing_odometry`` (none
 received yet), ``stale_imu`` / ``stale_odometry``, and for the IMU / odometry messages
 themselves ``imu_nonfinite``, ``imu_quaternion``, ``imu_out_of_order``,
 ``odometry_nonfinite``, ``odometry_quaternion``, ``odometry_out_of_order``.
@@ -37,6 +39,7 @@ import math
 import re
 import sys
 
+from builtin_interfaces.msg import Time as TimeMsg
 from nav_msgs.msg import Odometry
 import numpy as np
 from rclpy.clock import Clock, ClockType
@@ -88,6 +91,15 @@ SENSOR_PARAMETERS = [
         'max_age',
         0.5,
         'Seconds (node clock) after which a joint state is stale; 0 = no age check',
+        range=(0.0, 3600.0),
+    ),
+    ParamSpec(
+        'max_future',
+        0.1,
+        'Seconds a joint state stamp may be ahead of the node clock (clock offsets between '
+        'machines, a state that overtakes its own /clock tick under use_sim_time); a stamp '
+        'further ahead is refused (future_stamp) and never becomes the reference of the '
+        'order check; 0 = no future check',
         range=(0.0, 3600.0),
     ),
     ParamSpec(
@@ -187,6 +199,7 @@ class SensorIngestionNode(Node):
         self._last_raw = np.full(len(self._joint_sources), np.nan)
         self._observation = np.zeros(n)
         self._last_stamp_ns: int | None = None
+        self._last_clock_ns: int | None = None  # node clock at the last joint state
         self._imu = np.zeros(len(IMU_FIELDS))
         self._imu_stamp_ns: int | None = None
         self._odometry = np.zeros(len(ODOMETRY_FIELDS))
@@ -306,7 +319,7 @@ class SensorIngestionNode(Node):
             ]
             self.diagnostics.reject('nonfinite', f'{where}: non-finite {bad}')
             return
-        if not self._check_time(stamp_ns, where):
+        if not self._check_time(message.header.stamp, stamp_ns, where):
             return
         if not self._fuse(stamp_ns, where):
             return
@@ -314,9 +327,45 @@ class SensorIngestionNode(Node):
         self._last_raw[:] = raw
         self._publish(message)
 
-    def _check_time(self, stamp_ns: int, where: str) -> bool:
-        """Order, duplicate and age checks; a retransmission is re-published here."""
+    def _check_time(self, stamp: TimeMsg, stamp_ns: int, where: str) -> bool:
+        """Stamp range, plausibility window, order and duplicate checks.
+
+        A retransmission (same stamp, same values) is re-published here. The future side
+        of the window comes before the order check, and only an accepted stamp (within
+        ``max_future`` ahead and ``max_age`` behind) becomes the order check's reference:
+        otherwise one stamp an hour ahead would be accepted and every valid state after it
+        refused as out of order for that hour. For the same reason the reference is dropped
+        when the node clock goes back (an NTP step, a restarted simulator) or has fallen
+        behind it by more than ``max_future``.
+        """
+        if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
+            # A time past 2**31 - 1 s wraps to a negative int32 on the way here.
+            self.diagnostics.reject(
+                'invalid_stamp',
+                f'{where}: sec {stamp.sec} / nanosec {stamp.nanosec} is not a time '
+                '(sec must be 0..2**31-1, nanosec below 10**9; a wrapped int32?)',
+            )
+            return False
+        p = self.parameters
+        now_ns = self.get_clock().now().nanoseconds
+        last_clock, self._last_clock_ns = self._last_clock_ns, now_ns
+        if last_clock is not None and now_ns < last_clock:
+            self.get_logger().warning(
+                f'node clock went back {(last_clock - now_ns) * 1e-9:.3f} s: the order '
+                'check starts again from the next accepted joint state'
+            )
+            self.diagnostics.increment('clock_steps_back')
+            self._last_stamp_ns = None
+        ahead = (stamp_ns - now_ns) * 1e-9
+        if p.max_future > 0.0 and ahead > p.max_future:
+            self.diagnostics.reject(
+                'future_stamp',
+                f'{where}: {ahead:.3f} s ahead of the node clock (max_future {p.max_future} s)',
+            )
+            return False
         last = self._last_stamp_ns
+        if last is not None and p.max_future > 0.0 and (last - now_ns) * 1e-9 > p.max_future:
+            last = self._last_stamp_ns = None  # accepted before the clock stepped back
         if last is not None and stamp_ns == last:
             if np.array_equal(self._raw, self._last_raw):
                 self.diagnostics.increment('retransmitted')
@@ -331,14 +380,11 @@ class SensorIngestionNode(Node):
                 'out_of_order', f'{where}: older than the last accepted {_describe_stamp(last)}'
             )
             return False
-        max_age = self.parameters.max_age
-        if max_age > 0.0:
-            age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
-            if age > max_age:
-                self.diagnostics.reject(
-                    'stale', f'{where}: {age:.3f} s old by the node clock (max_age {max_age} s)'
-                )
-                return False
+        if p.max_age > 0.0 and -ahead > p.max_age:
+            self.diagnostics.reject(
+                'stale', f'{where}: {-ahead:.3f} s old by the node clock (max_age {p.max_age} s)'
+            )
+            return False
         return True
 
     def _fuse(self, stamp_ns: int, where: str) -> bool:

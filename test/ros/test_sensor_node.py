@@ -260,3 +260,128 @@ def test_sensor_fuses_joints_imu_odometry_and_refuses_bad_input(
         timeout=20,
     ), watcher.latest.get('/sensor_strict')
     assert len(strict.observations) == count + 1
+
+
+def test_sensor_refuses_stamps_outside_the_window_without_locking_out(
+    ros_context, start_process, tmp_path
+):
+    """Future, stale and malformed stamps are refused and counted; none of them becomes the
+    reference of the order check, so the next valid state passes; a backwards step of the
+    node clock restarts the order check instead of locking every state out."""
+    import rclpy.node
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import JointState
+
+    from sindyrl_ros.nodes.common import ns_to_stamp
+
+    context, executor = ros_context
+    params = write_params(
+        tmp_path / 'sensor.yaml',
+        {
+            '/**': {'diagnostics_period': 0.2},
+            'sensor_ingestion': {
+                'observation_names': ['theta', 'theta_dot'],
+                'observation_features': ['hinge.position', 'hinge.velocity'],
+                'use_sim_time': True,  # the test owns the node clock
+                'max_age': 1.0,  # max_future: the default (0.1 s)
+            },
+        },
+    )
+    node = rclpy.node.Node('sensor_window_probe', context=context)
+    executor.add_node(node)
+    probe = SensorProbe(node, '/sindyrl/observation')
+    watcher = DiagnosticsWatcher(node)
+    sensor = start_process(node_command('sensor_ingestion', params), name='sensor')
+    assert spin_until(
+        executor,
+        lambda: (
+            probe.joint_states.get_subscription_count() >= 1
+            and node.count_publishers('/sindyrl/observation') >= 1
+        ),
+        timeout=30,
+    ), sensor.output()
+    second = 1_000_000_000
+    clock_ns = 1000 * second
+
+    def set_clock(stamp_ns):
+        nonlocal clock_ns
+        clock_ns = stamp_ns
+        for _ in range(3):
+            probe.clock.publish(Clock(clock=ns_to_stamp(stamp_ns)))
+            _pause(executor, 0.1)
+
+    def send(sec, nanosec, position):
+        message = JointState(name=['hinge'], position=[position], velocity=[0.0])
+        message.header.stamp.sec, message.header.stamp.nanosec = sec, nanosec
+        probe.joint_states.publish(message)
+        _pause(executor, 0.1)
+
+    def send_ns(stamp_ns, position):
+        stamp = ns_to_stamp(stamp_ns)
+        send(stamp.sec, stamp.nanosec, position)
+
+    def clock_seen():
+        probe.clock.publish(Clock(clock=ns_to_stamp(clock_ns)))
+        probe.send_joints(clock_ns, ['hinge'], [0.1], [0.0])
+        return len(probe.observations) > 0
+
+    assert spin_until(executor, clock_seen, timeout=20), sensor.output()
+    _pause(executor, 0.5)
+    refused = {
+        reason: watcher.count('/sensor_ingestion', f'rejected.{reason}')
+        for reason in ('future_stamp', 'stale', 'invalid_stamp', 'out_of_order')
+    }
+    accepted = []
+
+    def expect(reason=None, count=1):
+        """Wait for `reason` to have been counted `count` more times, or for an observation."""
+        if reason is None:
+            ok = spin_until(executor, lambda: len(probe.observations) > len(accepted), 10)
+            assert ok, (watcher.latest.get('/sensor_ingestion'), sensor.output()[-2000:])
+            accepted.append(probe.observations[-1])
+            return
+        refused[reason] += count
+        assert spin_until(
+            executor,
+            lambda: watcher.count('/sensor_ingestion', f'rejected.{reason}') == refused[reason],
+            timeout=10,
+        ), (reason, watcher.latest.get('/sensor_ingestion'))
+
+    del probe.observations[:]
+    # An hour ahead: refused, and the next valid state (40 ms ahead: within max_future) passes.
+    send_ns(clock_ns + 3600 * second, 0.2)
+    expect('future_stamp')
+    send_ns(clock_ns + 40_000_000, 0.3)
+    expect()
+    assert accepted[-1][0] == clock_ns + 40_000_000 and accepted[-1][2][0] == 0.3
+    # Stale (5 s behind the node clock, yet newer than the last accepted): refused, then a
+    # valid state passes.
+    set_clock(clock_ns + 10 * second)
+    send_ns(clock_ns - 5 * second, 0.4)
+    expect('stale')
+    send_ns(clock_ns, 0.5)
+    expect()
+    # Seconds that do not fit a time: int32 max (year 2038) is an hour ahead and more;
+    # 2**31 s wrapped to int32 is negative; nanoseconds of a whole second or more.
+    send(2**31 - 1, 0, 0.6)
+    expect('future_stamp')
+    send(-(2**31), 0, 0.7)
+    send(-1, 999_999_999, 0.7)
+    send(clock_ns // second, 1_500_000_000, 0.7)
+    expect('invalid_stamp', 3)
+    send_ns(clock_ns + 1_000_000, 0.8)
+    expect()
+    # The node clock steps back 900 s (a restarted simulator, an NTP step): states on the
+    # new clock pass instead of being refused as out of order until the clock catches up.
+    set_clock(clock_ns - 900 * second)
+    send_ns(clock_ns, 0.9)
+    expect()
+    send_ns(clock_ns + 50_000_000, 1.0)
+    expect()
+    assert [a[2][0] for a in accepted] == [0.3, 0.5, 0.8, 0.9, 1.0]
+    assert spin_until(
+        executor, lambda: watcher.count('/sensor_ingestion', 'clock_steps_back') == 1, 10
+    ), watcher.latest.get('/sensor_ingestion')
+    assert 'node clock went back' in sensor.output()
+    assert watcher.count('/sensor_ingestion', 'rejected.out_of_order') == refused['out_of_order']
+    assert sensor.alive(), sensor.output()
