@@ -61,7 +61,7 @@ def test_bad_parameters_stop_the_node_with_key_and_file(start_process, tmp_path)
             'controller',
             {'/**': CONTROLLER, 'controller': {'trigger': 'sometimes'}},
             [],
-            ["'trigger'", "not one of ['observation', 'timer']"],
+            ["'trigger'", "not one of ['observation', 'timer', 'stamp']"],
         ),
         (
             'inconsistent',
