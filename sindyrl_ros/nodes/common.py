@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import ctypes
 from dataclasses import dataclass
+import json
 import math
 import os
 from pathlib import Path
@@ -47,7 +48,7 @@ from rclpy.qos import (
 )
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 import yaml
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ __all__ = [
     'TRANSITION_QOS',
     'EPISODE_QOS',
     'Waits',
+    'EpisodeReporter',
     'WAIT_REPORT_PARAMETER',
     'LATCHED_QOS',
     'ParamSpec',
@@ -821,6 +823,35 @@ class Waits:
             self._diagnostics.warnings['waiting'] = 'waiting for ' + '; '.join(long)
         else:
             self._diagnostics.warnings.pop('waiting', None)
+
+
+class EpisodeReporter:
+    """Publishes the episode records of a plant's EpisodeLedger on /sindyrl/episode.
+
+    One place for what the simulated plant, the serial bridge and the episodes node report
+    about an episode: the record (JSON, transient local, for the run supervisor), the
+    ``episodes`` counter and ``last_return`` in /diagnostics, and one log line.
+    """
+
+    def __init__(self, node: Node, diagnostics: Diagnostics) -> None:
+        self._node = node
+        self._diagnostics = diagnostics
+        self._publisher = node.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+        self.episodes = 0
+        diagnostics.counters['episodes'] = 0
+
+    def publish(self, records: list[dict]) -> None:
+        for record in records:
+            self.episodes += 1
+            self._diagnostics.counters['episodes'] = self.episodes
+            self._diagnostics.set('last_return', f'{record["return"]:.6g}')
+            self._publisher.publish(String(data=json.dumps(record)))
+            missing = record.get('missing_rewards', 0)
+            self._node.get_logger().info(
+                f'episode {record["episode"]} ({record["mode"]}, {record["end"]}): return '
+                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
+                'real steps in all' + (f', {missing} rewards missing' if missing else '')
+            )
 
 
 class MessageError(Exception):

@@ -48,7 +48,6 @@ Decisions live in ``core.episodes`` (``EpisodeLedger``, ``AnsweredSteps``,
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -59,7 +58,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Empty, String
+from std_msgs.msg import Empty
 from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core import episodes as protocol
@@ -67,12 +66,12 @@ from sindyrl_ros.core.episodes import AnsweredSteps, EpisodeControl, EpisodeLedg
 from sindyrl_ros.core.mcap_log import REWARD_NAME
 from sindyrl_ros.core.reward import LEARNED_REWARD
 from sindyrl_ros.nodes.common import (
-    EPISODE_QOS,
     RELIABLE_QOS,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
     WAIT_REPORT_PARAMETER,
     Diagnostics,
+    EpisodeReporter,
     MessageError,
     ParamSpec,
     Waits,
@@ -261,10 +260,9 @@ class EpisodesNode(Node):
         self._unsent: list[tuple] = []
         self._last_reset = (True, 'reset')
         self._operator_ready = False
-        self.episodes = 0
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
-        for key in ('steps', 'episodes', 'resets', 'reset_failures', 'operator_resets'):
+        for key in ('steps', 'resets', 'reset_failures', 'operator_resets'):
             self.diagnostics.counters[key] = 0
         self.diagnostics.set('task', task.name)
         self.diagnostics.set('reset_provider', self.provider)
@@ -273,7 +271,7 @@ class EpisodesNode(Node):
         self.waits.start(FIRST_OBSERVATION)
 
         main = self._main
-        self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+        self.episodes = EpisodeReporter(self, self.diagnostics)
         self.create_subscription(
             JointState,
             'sindyrl/observation',
@@ -665,16 +663,7 @@ class EpisodesNode(Node):
         self._send_unsent()
         self._advance_reset(now)
         _, records = self.ledger.poll(now)
-        for record in records:
-            self.episodes += 1
-            self.diagnostics.counters['episodes'] = self.episodes
-            self.diagnostics.set('last_return', f'{record["return"]:.6g}')
-            self._episode_publisher.publish(String(data=json.dumps(record)))
-            self.get_logger().info(
-                f'episode {record["episode"]} ({record["mode"]}, {record["end"]}): return '
-                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
-                'real steps in all'
-            )
+        self.episodes.publish(records)
         self.diagnostics.counters['missing_rewards'] = self.ledger.missing_rewards
         self.waits.check()
 

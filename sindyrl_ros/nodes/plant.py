@@ -52,7 +52,6 @@ an angle observed as a (cos, sin) pair, ``atan2(sin_theta, cos_theta)``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -64,16 +63,16 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core.episodes import EpisodeLedger
 from sindyrl_ros.nodes.common import (
-    EPISODE_QOS,
     RELIABLE_QOS,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
     Diagnostics,
+    EpisodeReporter,
     ParamSpec,
     check_parameter_files,
     command_stamp_ns,
@@ -204,7 +203,6 @@ class PlantNode(Node):
             self.task.name,
             termination=self.task.termination_function(),
         )
-        self.episodes = 0
         self._episode_end = ''  # why the episode ends at the state just published
         self._time_ns = 0
         self._observation = np.zeros(len(self.observation_names))
@@ -240,7 +238,7 @@ class PlantNode(Node):
 
         self._clock_publisher = self.create_publisher(ClockMsg, '/clock', 10)
         self._joint_publisher = self.create_publisher(JointState, 'joint_states', RELIABLE_QOS)
-        self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+        self._episodes = EpisodeReporter(self, self.diagnostics)
         # The reward the simulator measured for each step, stamped with the state the step
         # started from: what a task with a learned reward is fitted on.
         self._reward_publisher = self.create_publisher(
@@ -403,16 +401,7 @@ class PlantNode(Node):
         """Publish the finished episode (if it had steps), reset the environment."""
         self._ledger.end_episode(reason)  # nothing when a step already ended it
         _, records = self._ledger.poll(time.monotonic())
-        for record in records:
-            self.episodes += 1
-            self.diagnostics.counters['episodes'] = self.episodes
-            self.diagnostics.set('last_return', f'{record["return"]:.6g}')
-            self._episode_publisher.publish(String(data=json.dumps(record)))
-            self.get_logger().info(
-                f'episode {record["episode"]} ({record["end"]}): return '
-                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
-                'real steps in all'
-            )
+        self._episodes.publish(records)
         observation, _ = self.env.reset()
         self._begin_episode(observation)
 
@@ -513,7 +502,7 @@ class PlantNode(Node):
         if self._started:
             self._publish_or_hold()
         response.success = True
-        response.message = f'episode {self.episodes + 1} started' + (
+        response.message = f'episode {self._episodes.episodes + 1} started' + (
             ' (its first state is held until resume)' if self._paused else ''
         )
         return response

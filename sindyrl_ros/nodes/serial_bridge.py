@@ -51,7 +51,6 @@ Commands that answer a state from before the last pause, reset or reconnection a
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-import json
 import math
 import sys
 import threading
@@ -63,7 +62,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core.episodes import EpisodeLedger
@@ -82,12 +81,12 @@ from sindyrl_ros.core.rig_protocol import (
     encode,
 )
 from sindyrl_ros.nodes.common import (
-    EPISODE_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
     Diagnostics,
+    EpisodeReporter,
     MessageError,
     ParamSpec,
     check_parameter_files,
@@ -379,7 +378,7 @@ class SerialBridgeNode(Node):
         self.create_service(Trigger, 'plant/reset', self._on_reset)
         self.create_service(SetBool, 'plant/pause', self._on_pause)
         if self._ledger is not None:
-            self._episode_publisher = self.create_publisher(String, 'sindyrl/episode', EPISODE_QOS)
+            self._episodes = EpisodeReporter(self, self.diagnostics)
             self._reward_publisher = self.create_publisher(
                 JointState, 'sindyrl/reward', TRANSITION_QOS
             )
@@ -692,8 +691,6 @@ class SerialBridgeNode(Node):
             self.diagnostics.increment('stale_command_steps')
         self.diagnostics.increment('steps')
         complete = self._ledger.add_step(previous[0], stamp_ns, action, answered, time.monotonic())
-        if complete:
-            self.diagnostics.increment('episodes')
         self.diagnostics.set('episode', self._ledger.episode_number)
         self.diagnostics.set('episode_step', self._ledger.episode_steps)
         return complete
@@ -855,19 +852,7 @@ class SerialBridgeNode(Node):
             self._reward_publisher.publish(
                 vector_message(('reward',), (reward,), ns_to_stamp(start_ns))
             )
-        for record in records:
-            self._episode_publisher.publish(String(data=json.dumps(record)))
-            self.diagnostics.set('last_return', f'{record["return"]:.6g}')
-            self.get_logger().info(
-                f'episode {record["episode"]} ({record["end"]}, {record["mode"]}): return '
-                f'{record["return"]:.3f}, {record["length"]} steps, {record["real_steps"]} '
-                'real steps in all'
-                + (
-                    f', {record["missing_rewards"]} rewards missing'
-                    if record['missing_rewards']
-                    else ''
-                )
-            )
+        self._episodes.publish(records)
 
     # ------------------------------------------------------------------ writing (executor)
 

@@ -26,8 +26,7 @@ class PlantDriver:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray, String
 
-        from sindyrl_ros.nodes.common import RELIABLE_QOS
-        from sindyrl_ros.nodes.plant import EPISODE_QOS
+        from sindyrl_ros.nodes.common import EPISODE_QOS, RELIABLE_QOS
 
         self.states: dict[int, tuple] = {}  # stamp ns -> (positions, velocities)
         self.received = 0

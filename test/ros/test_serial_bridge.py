@@ -255,8 +255,7 @@ class PlantProbe(RigProbe):
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
-        from sindyrl_ros.nodes.common import TRANSITION_QOS
-        from sindyrl_ros.nodes.serial_bridge import EPISODE_QOS
+        from sindyrl_ros.nodes.common import EPISODE_QOS, TRANSITION_QOS
 
         super().__init__(context, executor)
         self.episodes: list[dict] = []
