@@ -9,6 +9,8 @@ measures for each joint-state rate and controller trigger:
 
 * **command gaps at the plant**: the intervals between commands as the plant receives them
   (p50, p99, max): does the 20 Hz loop keep its period under the stream?
+* **command age at the plant**: from the joint state a command answers to its arrival
+  (p50, p99, max): during that time the previous command still acts;
 * **recorded step lengths**: the intervals between the observations the controller
   answered, as recorded by the model updater (p1, p50, p99): the steps the model is fitted
   on, which should be one control period (50 ms).
@@ -131,6 +133,13 @@ def run_phase(trigger: str, rate_hz: float, seconds: float, work: Path) -> dict:
             'p50_ms': counters.get('command_gap_p50_ms'),
             'p99_ms': counters.get('command_gap_p99_ms'),
             'max_ms': counters.get('command_gap_max_ms'),
+        },
+        # From the joint state a command answers to its arrival at the plant: the part of
+        # each step still driven by the previous command.
+        'command_age': {
+            'p50_ms': counters.get('command_age_p50_ms'),
+            'p99_ms': counters.get('command_age_p99_ms'),
+            'max_ms': counters.get('command_age_max_ms'),
         },
         'recorded_steps': int(steps_ms.size),
         'recorded_step': percentiles(steps_ms, (1, 50, 99)),

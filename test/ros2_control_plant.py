@@ -7,8 +7,10 @@ outside, so training against it shows the package learns on a plant it does not 
   ``--physics-dt`` seconds and advanced on the wall clock, as hardware moves: on every
   timer tick it catches up with the time that passed.
 * ``/joint_states`` (sensor_msgs/JointState, ``pendulum_joint``: position θ, velocity θ̇,
-  effort = applied torque), stamped with the wall clock, at ``--joint-rate`` Hz (a
-  joint_state_broadcaster runs faster than the 20 Hz control loop).
+  effort = applied torque) at ``--joint-rate`` Hz (a joint_state_broadcaster runs faster
+  than the 20 Hz control loop), stamped with the wall-clock time of the state it carries
+  (as ros2_control stamps a state with the time its hardware was read), not the time the
+  timer happened to publish it.
 * ``/effort_controller/commands`` (std_msgs/Float64MultiArray): the torque, held until
   the next command, like a ros2_control ForwardCommandController. A command of the wrong
   length or not finite is ignored and counted.
@@ -20,8 +22,8 @@ outside, so training against it shows the package learns on a plant it does not 
   ``none``: never (with ``--damping`` the pendulum comes to rest: the settle provider).
 
 On SIGINT/SIGTERM it prints one JSON line of counters (steps, commands, ignored commands,
-resets, largest torque applied, and the gaps between commands: p50, p99, max in ms) and
-exits 0.
+resets, largest torque applied, the gaps between commands and the age of each command on
+arrival, from the joint state it answers: p50, p99, max in ms) and exits 0.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class PendulumRobot(Node):
             'joint_states': 0,
         }
         self.started = time.monotonic()
+        self.started_wall_ns = time.time_ns()
         self.command_times: list[float] = []
+        self.command_ages: list[int] = []  # ns from the answered joint state to arrival
         self.simulated = 0.0  # seconds of physics done
         self.publisher = self.create_publisher(JointState, 'joint_states', 10)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -84,6 +88,11 @@ class PendulumRobot(Node):
             return
         self.counters['commands'] += 1
         self.command_times.append(time.monotonic())
+        # The command says which joint state it answers (layout label 'stamp_ns=<int>', the
+        # package's topic contract; a real ros2_control robot ignores it): its age on arrival.
+        for dim in message.layout.dim:
+            if dim.label.startswith('stamp_ns='):
+                self.command_ages.append(time.time_ns() - int(dim.label[len('stamp_ns='):]))
         self.torque = float(values[0])
         if self.torque == 0.0:
             if self.zero_since is None:
@@ -126,9 +135,8 @@ class PendulumRobot(Node):
             self.reset_while_idle = True
         theta, theta_dot = (float(v) for v in self.env.state)
         message = self.message
-        seconds = time.time()
-        message.header.stamp.sec = int(seconds)
-        message.header.stamp.nanosec = int((seconds - int(seconds)) * 1e9)
+        stamp_ns = self.started_wall_ns + int(round(self.simulated * 1e9))
+        message.header.stamp.sec, message.header.stamp.nanosec = divmod(stamp_ns, 10**9)
         message.position = [theta]
         message.velocity = [theta_dot]
         message.effort = [applied]
@@ -169,6 +177,16 @@ def main() -> int:
                     f'command_gap_{name}_ms': round(float(value), 2)
                     for name, value in zip(
                         ('p50', 'p99', 'max'), (*np.percentile(gaps, [50, 99]), gaps.max())
+                    )
+                }
+            )
+        ages = np.asarray(node.command_ages, dtype=np.float64) * 1e-6
+        if ages.size:
+            node.counters.update(
+                {
+                    f'command_age_{name}_ms': round(float(value), 2)
+                    for name, value in zip(
+                        ('p50', 'p99', 'max'), (*np.percentile(ages, [50, 99]), ages.max())
                     )
                 }
             )
