@@ -109,6 +109,31 @@ def test_training_on_an_independent_ros2_control_plant(variant, start_process, t
         code = train.process.wait(timeout=230)
     except subprocess.TimeoutExpired:
         pytest.fail(f'the run did not end:\n{train.output()[-3000:]}')
+    if variant == 'trigger_registered_task':
+        # The policy the run ends with drives the same robot through `sindyrl-ros deploy`.
+        policy = sorted((run_dir / 'policies').glob('policy_*.json'))[-1]
+        deploy = start_process(
+            [
+                sys.executable,
+                '-m',
+                'sindyrl_ros.cli',
+                'deploy',
+                '--backend',
+                'ros2_control',
+                '--config',
+                str(params),
+                '--policy',
+                str(policy),
+                '--duration',
+                '6',
+                '--log-dir',
+                str(tmp_path / 'deploy'),
+            ],
+            name='deploy',
+        )
+        assert deploy.process.wait(timeout=60) == 0, deploy.output()
+        controller_log = (tmp_path / 'deploy' / 'controller.log').read_text()
+        assert 'policy swapped in' in controller_log and 'trigger stamp' in controller_log
     plant.stop()
     counters = json.loads(plant.output().strip().splitlines()[-1])
     summary_path = run_dir / 'summary.json'
