@@ -41,7 +41,8 @@ class NodeProcess:
         return self.process.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # still running: make what it wrote readable
+            self._log.flush()
         return self.log_path.read_text(errors='replace')
 
     def signal(self, signum: int) -> None:

@@ -33,6 +33,10 @@ PLANT = ROOT / 'test' / 'ros2_control_plant.py'
 EXAMPLE = ROOT / 'config' / 'example_ros2_control_pendulum.yaml'
 EPISODE = 200
 EVAL_EPISODES = 2
+# Two episodes: the first model, fitted on one episode of random torques, is refused about
+# half the time on this wall-clock plant (its steps carry timing noise), and the second
+# episode then gives one.
+BUDGET = 2 * EPISODE
 
 VARIANTS = {
     # plant arguments, /** changes, episodes node changes
@@ -72,7 +76,9 @@ def task_file(tmp_path: Path, shared: dict, episodes: dict) -> Path:
         for key in ('observation_names', 'action_names', 'angle_pairs', 'reward'):
             section.pop(key, None)
     document['episodes']['ros__parameters'].update(episodes)
-    document['policy_trainer']['ros__parameters'].update(surrogate_steps_first=20_000)
+    document['policy_trainer']['ros__parameters'].update(
+        surrogate_steps_first=20_000, surrogate_steps_per_model=10_000
+    )
     document['run_supervisor']['ros__parameters'].update(eval_episodes=EVAL_EPISODES)
     path = tmp_path / 'robot.yaml'
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -97,16 +103,16 @@ def test_training_on_an_independent_ros2_control_plant(variant, start_process, t
             '--config',
             str(params),
             '--budget',
-            str(EPISODE),
+            str(BUDGET),
             '--run-dir',
             str(run_dir),
             '--timeout',
-            '200',
+            '300',
         ],
         name='train',
     )
     try:
-        code = train.process.wait(timeout=230)
+        code = train.process.wait(timeout=330)
     except subprocess.TimeoutExpired:
         pytest.fail(f'the run did not end:\n{train.output()[-3000:]}')
     if variant == 'trigger_registered_task':
@@ -145,22 +151,30 @@ def test_training_on_an_independent_ros2_control_plant(variant, start_process, t
     # Whole episodes of the task's length, at the control period, counted by the episodes node.
     events = [json.loads(line) for line in (run_dir / 'progress.jsonl').read_text().splitlines()]
     episodes_seen = [e for e in events if e['event'] == 'episode']
-    assert [e['length'] for e in episodes_seen] == [EPISODE] * (1 + EVAL_EPISODES), episodes_seen
-    assert [e['mode'] for e in episodes_seen] == ['explore'] + ['evaluate'] * EVAL_EPISODES
-    assert all(e['end'] == 'episode_length' for e in episodes_seen)
-    assert summary['real_steps'] == EPISODE and summary['eval_steps'] == EVAL_EPISODES * EPISODE
+    assert all(e['length'] == EPISODE for e in episodes_seen), episodes_seen
+    assert all(e['end'] == 'episode_length' for e in episodes_seen), episodes_seen
+    explored = [e for e in episodes_seen if e['mode'] == 'explore']
+    evaluated = [e for e in episodes_seen if e['mode'] == 'evaluate']
+    assert len(explored) + len(evaluated) == len(episodes_seen), episodes_seen
+    assert 1 <= len(explored) <= BUDGET // EPISODE, episodes_seen
+    assert evaluated and len(evaluated) % EVAL_EPISODES == 0, episodes_seen
+    assert summary['real_steps'] == len(explored) * EPISODE, summary
+    assert summary['eval_steps'] == len(evaluated) * EPISODE, summary
     assert summary['model_version'] >= 1 and summary['evaluations'], summary
     assert -2000.0 < summary['eval_return_mean'] <= 0.0  # Pendulum's returns are costs
     node = summary['node_diagnostics']['/episodes']['values']
     assert node['reset_failures'] == '0' and node['missing_rewards'] == '0', node
-    assert int(node['resets']) >= 1 + EVAL_EPISODES, node
+    assert int(node['resets']) >= len(episodes_seen), node
     # The plant: every command it got was a finite torque within the task's limits.
     assert counters['ignored_commands'] == 0 and counters['commands'] > 3 * EPISODE, counters
     assert counters['max_abs_torque'] <= 2.0, counters
     if variant != 'settle_robot_task':  # the settle variant never resets the pendulum
-        assert counters['resets'] >= 1 + EVAL_EPISODES, counters
-    # The model was fitted on transitions at the control period (about 200), not at the
-    # joint state rate (about 800).
-    model = json.loads(sorted((run_dir / 'models').glob('model_*.json'))[-1].read_text())
-    assert EPISODE - 3 <= model['transitions'] <= EPISODE, model['transitions']
+        assert counters['resets'] >= len(episodes_seen), counters
+    # The models were fitted on transitions at the control period (about 200 an episode),
+    # not at the joint state rate (about 800).
+    for path in (run_dir / 'models').glob('model_*.json'):
+        model = json.loads(path.read_text())
+        episodes = round(model['transitions'] / EPISODE)
+        assert 1 <= episodes <= len(explored), (path.name, model['transitions'])
+        assert abs(model['transitions'] - episodes * EPISODE) <= 3 * episodes, path.name
     assert 'Traceback' not in (run_dir / 'logs' / 'episodes.log').read_text()
