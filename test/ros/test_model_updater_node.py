@@ -158,6 +158,15 @@ def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_
     probe.send(evaluation + explore)
     total = len(evaluation + explore) // 2
     assert probe.recorded(total, total), updater.output()
+    # A held plant (1 s later): its last state is answered with the safe command, and the
+    # controller's watchdog repeats that answer 30 times. One answer per state is recorded;
+    # the repeats are only counted.
+    held = max(stamp for _, stamp, _, _ in explore) + 20 * DT_NS
+    probe.send([('observation', held, first_obs[0], ''), ('action', held, np.zeros(1), 'safe')])
+    assert probe.recorded(total + 1, total + 1), updater.output()
+    probe.send([('action', held, np.zeros(1), 'safe')] * 30)
+    assert probe.spin_until(lambda: probe.counter('repeated_actions') == 30, 10.0)
+    total += 1
 
     assert probe.spin_until(lambda: probe.cards, timeout=60), updater.output()
     card = probe.cards[-1]
