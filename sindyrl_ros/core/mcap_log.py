@@ -71,10 +71,36 @@ EVALUATE = 'evaluate'
 # Seconds an observation no action answered is kept behind the newest answered one (an
 # answer that late never comes on one host), checked once this many are buffered.
 UNANSWERED_KEEP_S = 5.0
+# The QoS of the recorded topics (nodes.common.TRANSITION_QOS: reliable, keep last 1000,
+# volatile) in rosbag2's offered_qos_profiles form.
+TRANSITION_QOS_YAML = (
+    '- history: 1\n'
+    '  depth: 1000\n'
+    '  reliability: 1\n'
+    '  durability: 2\n'
+    '  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  liveliness: 1\n'
+    '  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  avoid_ros_namespace_conventions: false\n'
+)
 _UNANSWERED_PRUNE = 2048
 # Seconds an observation no action answered is kept behind the newest answered one: an
 # answer arriving later than that (it never does on one host) no longer pairs.
 UNANSWERED_KEEP_S = 5.0
+# The QoS of the recorded topics (nodes.common.TRANSITION_QOS: reliable, keep last 1000,
+# volatile) in rosbag2's offered_qos_profiles form.
+TRANSITION_QOS_YAML = (
+    '- history: 1\n'
+    '  depth: 1000\n'
+    '  reliability: 1\n'
+    '  durability: 2\n'
+    '  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  liveliness: 1\n'
+    '  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n'
+    '  avoid_ros_namespace_conventions: false\n'
+)
 RECORDING_METADATA = 'sindyrl_ros/recording'
 
 JOINT_STATE_TYPE = 'sensor_msgs/msg/JointState'
@@ -206,6 +232,18 @@ class TransitionLogWriter:
     def _write(self, topic: str, message: dict, stamp_ns: int, log_time_ns: int | None) -> None:
         if self.closed:
             raise ValueError(f'{self.path}: the recording is closed')
+        channels = self._writer._channel_ids
+        if topic not in channels:
+            # Channels carry the QoS they were recorded with, as rosbag2 stores it, so that
+            # `ros2 bag play` replays them reliable and deep, as the graph publishes them.
+            # mcap-ros2-support 0.6.0 registers a channel on its first message without
+            # metadata: register it here through the mcap writer it wraps.
+            channels[topic] = self._writer._writer.register_channel(
+                topic=topic,
+                message_encoding='cdr',
+                schema_id=self._schema.id,
+                metadata={'offered_qos_profiles': TRANSITION_QOS_YAML},
+            )
         self._sequence += 1
         self._writer.write_message(
             topic,

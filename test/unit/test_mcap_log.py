@@ -288,3 +288,22 @@ def test_fast_joint_states_pair_at_the_control_period():
     assert assembler.transition_counts() == {'explore': len(actions)}
     # 400 steps of 49 unanswered observations = 19,600; kept: about 5 s of them.
     assert assembler.n_observations < 2 * (2048 + 5_000)
+
+
+def test_channels_carry_the_qos_they_were_recorded_with(tmp_path):
+    """rosbag2 replays a topic with the QoS stored in the channel: reliable, depth 1000."""
+    import yaml
+
+    path = tmp_path / 'qos.mcap'
+    writer = TransitionLogWriter(path)
+    writer.write_observation(DT_NS, OBSERVATION_NAMES, np.zeros(3))
+    writer.write_action(DT_NS, ACTION_NAMES, np.zeros(1), 'explore')
+    writer.write_reward(DT_NS, -1.0)
+    writer.close()
+    with open(path, 'rb') as stream:
+        channels = make_reader(stream).get_summary().channels
+    by_topic = {channel.topic: channel for channel in channels.values()}
+    assert set(by_topic) == {'/sindyrl/observation', '/sindyrl/action', '/sindyrl/reward'}
+    for channel in by_topic.values():
+        (profile,) = yaml.safe_load(channel.metadata['offered_qos_profiles'])
+        assert (profile['reliability'], profile['depth'], profile['history']) == (1, 1000, 1)
