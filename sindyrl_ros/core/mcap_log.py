@@ -85,22 +85,6 @@ TRANSITION_QOS_YAML = (
     '  avoid_ros_namespace_conventions: false\n'
 )
 _UNANSWERED_PRUNE = 2048
-# Seconds an observation no action answered is kept behind the newest answered one: an
-# answer arriving later than that (it never does on one host) no longer pairs.
-UNANSWERED_KEEP_S = 5.0
-# The QoS of the recorded topics (nodes.common.TRANSITION_QOS: reliable, keep last 1000,
-# volatile) in rosbag2's offered_qos_profiles form.
-TRANSITION_QOS_YAML = (
-    '- history: 1\n'
-    '  depth: 1000\n'
-    '  reliability: 1\n'
-    '  durability: 2\n'
-    '  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n'
-    '  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n'
-    '  liveliness: 1\n'
-    '  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n'
-    '  avoid_ros_namespace_conventions: false\n'
-)
 RECORDING_METADATA = 'sindyrl_ros/recording'
 
 JOINT_STATE_TYPE = 'sensor_msgs/msg/JointState'

@@ -206,6 +206,7 @@ class _Reset:
         self.stage = 'provider'  # provider -> hold -> done
         self.hold_until = 0.0
         self.calling = False
+        self.result: tuple[bool, str] | None = None  # a service provider's answer
 
 
 class EpisodesNode(Node):
@@ -553,7 +554,7 @@ class EpisodesNode(Node):
                 return True, 'settled'
             return None
         # service / simulation_interfaces: one call, answered through reset.result
-        if hasattr(reset, 'result'):
+        if reset.result is not None:
             return reset.result
         if reset.calling:
             return None
