@@ -260,6 +260,8 @@ class EpisodesNode(Node):
         # Calls whose service is not there yet: (client, request, outcome, waiters).
         self._unsent: list[tuple] = []
         self._last_reset = (True, 'reset')
+        # What the simulator was last asked (simulation_interfaces; None: nothing yet).
+        self._simulation_paused: bool | None = None
         self._operator_ready = False
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
@@ -437,6 +439,7 @@ class EpisodesNode(Node):
         from simulation_interfaces.msg import SimulationState
         from simulation_interfaces.srv import SetSimulationState
 
+        self._simulation_paused = paused
         request = SetSimulationState.Request()
         request.state.state = (
             SimulationState.STATE_PAUSED if paused else SimulationState.STATE_PLAYING
@@ -604,6 +607,11 @@ class EpisodesNode(Node):
         if not ok:
             self.control.paused = True
         self._execute(self.control.reset_finished())
+        if self.control.state == protocol.HELD and self._simulation_paused is False:
+            # Held during the reset (the supervisor's pause came meanwhile, or the reset
+            # failed): the controller already holds the safe command, the simulator must
+            # stop too.
+            self._set_simulation_paused(True, None)
 
     def _answer_resets(self) -> None:
         ok, message = self._last_reset
