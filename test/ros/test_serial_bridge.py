@@ -358,6 +358,31 @@ def test_bridge_is_the_plant_reset_pause_and_episodes_scored_as_the_rig_ran(
     def outputs() -> dict:
         return {name: p.output()[-1500:] for name, p in {**nodes, 'emulator': emulator}.items()}
 
+    # The rewards of the first steps need the sensor's observations and the controller's
+    # answers: unpause only once every node is up and the topics between them are wired
+    # (volatile topics drop what was published before a subscription matched). On a loaded
+    # machine a node's start-up can take seconds longer than the bridge's.
+    ready = {'serial_bridge': 'serial bridge:', 'sensor_ingestion': 'sensor ingestion ready'}
+    for name, process in nodes.items():
+        assert process.wait_for_output(ready.get(name, f'{name} ready'), timeout=60), outputs()
+    graph = probe.node
+    wired = {
+        '/joint_states': ('sensor_ingestion',),
+        '/sindyrl/observation': ('controller', 'serial_bridge'),
+        '/sindyrl/action': ('serial_bridge',),
+    }
+
+    def topics_wired() -> bool:
+        for topic, readers in wired.items():
+            reading = graph.get_subscriptions_info_by_topic(topic)
+            nodes_reading = {info.node_name for info in reading}
+            if not set(readers) <= nodes_reading or graph.count_publishers(topic) == 0:
+                return False
+        return True
+
+    assert probe.spin_until(topics_wired, timeout=30), outputs()
+    probe.spin_until(lambda: False, timeout=0.5)  # matching completes on the nodes' side too
+
     # Started paused, reset once the port opened: the rig is held, nothing is published.
     assert probe.spin_until(
         lambda: probe.counter('resets') == 1 and probe.counter('states_paused') >= 10, timeout=40
