@@ -24,13 +24,23 @@ the controller is refused, counted in /diagnostics under ``rejected.<reason>`` a
 follows /clock under ``use_sim_time``), ``future_stamp`` (ahead of the node clock by more
 than ``max_future``), ``invalid_stamp`` (negative seconds, as a stamp past 2**31 - 1 s
 wraps to, or nanoseconds of 10**9 or more), ``missing_imu`` / ``missing_odometry`` (none
-received yet), ``stale_imu`` / ``stale_odometry``, and for the IMU / odometry messages
-themselves ``imu_nonfinite``, ``imu_quaternion``, ``imu_out_of_order``,
-``odometry_nonfinite``, ``odometry_quaternion``, ``odometry_out_of_order``.
+received yet), ``stale_imu`` / ``stale_odometry`` (the latest one is more than ``max_age``
+older than the joint states), ``future_imu`` / ``future_odometry`` (the latest one is more
+than ``max_future`` newer than the joint states: after a clock step back, say), and for
+the IMU / odometry messages themselves ``imu_nonfinite``, ``imu_quaternion``,
+``imu_invalid_stamp``, ``imu_future_stamp``, ``imu_out_of_order``, ``imu_stale`` and the
+same with ``odometry_``.
 
-The same stamp with the same values is a retransmission (a lockstep plant re-publishes a
-state whose command never came): the observation is published again and counted as
-``retransmitted``, so a lost message cannot stall the loop.
+Every input has its own stamp window (:class:`sindyrl_ros.core.stamps.StampWindow`) with
+the same rules: only an accepted stamp becomes the reference of its order check, so one
+stamp an hour ahead is refused instead of locking every valid message out for that hour,
+and the reference is dropped when the node clock goes back (counted once, as
+``clock_steps_back``, when the joint states notice it). An IMU / odometry message with
+the stamp of the last accepted one replaces its values.
+
+The same joint-state stamp with the same values is a retransmission (a lockstep plant
+re-publishes a state whose command never came): the observation is published again and
+counted as ``retransmitted``, so a lost message cannot stall the loop.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Imu, JointState
 from transforms3d.euler import quat2euler
 
+from sindyrl_ros.core.stamps import StampWindow, describe_stamp
 from sindyrl_ros.nodes.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
@@ -90,16 +101,20 @@ SENSOR_PARAMETERS = [
     ParamSpec(
         'max_age',
         0.5,
-        'Seconds (node clock) after which a joint state is stale; 0 = no age check',
+        'Seconds (node clock) after which a joint state, IMU or odometry message is stale, '
+        'and by which the fused IMU / odometry may be older than the joint states; '
+        '0 = no age check',
         range=(0.0, 3600.0),
     ),
     ParamSpec(
         'max_future',
         0.1,
-        'Seconds a joint state stamp may be ahead of the node clock (clock offsets between '
-        'machines, a state that overtakes its own /clock tick under use_sim_time); a stamp '
-        'further ahead is refused (future_stamp) and never becomes the reference of the '
-        'order check; 0 = no future check',
+        'Seconds a joint state, IMU or odometry stamp may be ahead of the node clock (clock '
+        'offsets between machines, a message that overtakes its own /clock tick under '
+        'use_sim_time), and by which the fused IMU / odometry may be newer than the joint '
+        'states; a stamp further ahead is refused (future_stamp, imu_future_stamp, '
+        'odometry_future_stamp) and never becomes the reference of the order check; '
+        '0 = no future check',
         range=(0.0, 3600.0),
     ),
     ParamSpec(
@@ -170,16 +185,12 @@ def parse_feature(spec: str) -> tuple[str, str, str, str]:
     )
 
 
-def _describe_stamp(stamp_ns: int) -> str:
-    return f'{stamp_ns // 1_000_000_000}.{stamp_ns % 1_000_000_000:09d}'
-
-
 class SensorIngestionNode(Node):
     """Turns raw robot measurements into the validated, stamped observation vector."""
 
     def __init__(self) -> None:
         super().__init__('sensor_ingestion')
-        self.parameters = declare_parameters(self, PARAMETERS)
+        self.parameters = declare_parameters(self, PARAMETERS, on_change=self._on_parameter)
         check_parameter_files(self)
         p = self.parameters
         self.observation_names = list(p.observation_names)
@@ -198,8 +209,11 @@ class SensorIngestionNode(Node):
         self._raw = np.zeros(len(self._joint_sources))  # joint values the features read
         self._last_raw = np.full(len(self._joint_sources), np.nan)
         self._observation = np.zeros(n)
-        self._last_stamp_ns: int | None = None
-        self._last_clock_ns: int | None = None  # node clock at the last joint state
+        # One stamp window per input: each has its own order reference.
+        self._windows = {
+            label: StampWindow(p.max_future, p.max_age)
+            for label in ('joint_states', 'imu', 'odometry')
+        }
         self._imu = np.zeros(len(IMU_FIELDS))
         self._imu_stamp_ns: int | None = None
         self._odometry = np.zeros(len(ODOMETRY_FIELDS))
@@ -231,6 +245,11 @@ class SensorIngestionNode(Node):
         self.get_logger().info(
             f'sensor ingestion ready: {dict(zip(self.observation_names, p.observation_features))}'
         )
+
+    def _on_parameter(self, name: str, value) -> None:
+        if name in ('max_future', 'max_age'):
+            for window in self._windows.values():
+                setattr(window, name, value)
 
     def _compile(self, specs: list[str]) -> None:
         """Feature specs -> (function, kind, index) with joint (name, field) pairs indexed."""
@@ -304,7 +323,7 @@ class SensorIngestionNode(Node):
             self.waits.stop(self._first_joint_state)
         self.diagnostics.increment('joint_states')
         stamp_ns = stamp_to_ns(message.header.stamp)
-        where = f'{self._topics["joint_states"]} stamp {_describe_stamp(stamp_ns)}'
+        where = f'{self._topics["joint_states"]} stamp {describe_stamp(stamp_ns)}'
         index = self._check_structure(message, where)
         if index is None:
             return
@@ -319,54 +338,29 @@ class SensorIngestionNode(Node):
             ]
             self.diagnostics.reject('nonfinite', f'{where}: non-finite {bad}')
             return
-        if not self._check_time(message.header.stamp, stamp_ns, where):
+        if not self._check_time(message.header.stamp, where):
             return
         if not self._fuse(stamp_ns, where):
             return
-        self._last_stamp_ns = stamp_ns
+        self._windows['joint_states'].accept(stamp_ns)
         self._last_raw[:] = raw
         self._publish(message)
 
-    def _check_time(self, stamp: TimeMsg, stamp_ns: int, where: str) -> bool:
-        """Stamp range, plausibility window, order and duplicate checks.
+    def _check_time(self, stamp: TimeMsg, where: str) -> bool:
+        """The joint-state stamp window (see :mod:`sindyrl_ros.core.stamps`).
 
-        A retransmission (same stamp, same values) is re-published here. The future side
-        of the window comes before the order check, and only an accepted stamp (within
-        ``max_future`` ahead and ``max_age`` behind) becomes the order check's reference:
-        otherwise one stamp an hour ahead would be accepted and every valid state after it
-        refused as out of order for that hour. For the same reason the reference is dropped
-        when the node clock goes back (an NTP step, a restarted simulator) or has fallen
-        behind it by more than ``max_future``.
+        A retransmission (same stamp, same values) is re-published here.
         """
-        if stamp.sec < 0 or stamp.nanosec >= 1_000_000_000:
-            # A time past 2**31 - 1 s wraps to a negative int32 on the way here.
-            self.diagnostics.reject(
-                'invalid_stamp',
-                f'{where}: sec {stamp.sec} / nanosec {stamp.nanosec} is not a time '
-                '(sec must be 0..2**31-1, nanosec below 10**9; a wrapped int32?)',
-            )
-            return False
-        p = self.parameters
-        now_ns = self.get_clock().now().nanoseconds
-        last_clock, self._last_clock_ns = self._last_clock_ns, now_ns
-        if last_clock is not None and now_ns < last_clock:
+        window = self._windows['joint_states']
+        verdict = window.check(stamp.sec, stamp.nanosec, self.get_clock().now().nanoseconds)
+        if window.clock_step_back_ns:
+            # Every window drops its reference on its own; this one reports it, once a step.
             self.get_logger().warning(
-                f'node clock went back {(last_clock - now_ns) * 1e-9:.3f} s: the order '
+                f'node clock went back {window.clock_step_back_ns * 1e-9:.3f} s: the order '
                 'check starts again from the next accepted joint state'
             )
             self.diagnostics.increment('clock_steps_back')
-            self._last_stamp_ns = None
-        ahead = (stamp_ns - now_ns) * 1e-9
-        if p.max_future > 0.0 and ahead > p.max_future:
-            self.diagnostics.reject(
-                'future_stamp',
-                f'{where}: {ahead:.3f} s ahead of the node clock (max_future {p.max_future} s)',
-            )
-            return False
-        last = self._last_stamp_ns
-        if last is not None and p.max_future > 0.0 and (last - now_ns) * 1e-9 > p.max_future:
-            last = self._last_stamp_ns = None  # accepted before the clock stepped back
-        if last is not None and stamp_ns == last:
+        if verdict.repeated:
             if np.array_equal(self._raw, self._last_raw):
                 self.diagnostics.increment('retransmitted')
                 self._publisher.publish(self._message)
@@ -375,21 +369,18 @@ class SensorIngestionNode(Node):
                     'duplicate_stamp', f'{where}: same stamp as the last state, other values'
                 )
             return False
-        if last is not None and stamp_ns < last:
-            self.diagnostics.reject(
-                'out_of_order', f'{where}: older than the last accepted {_describe_stamp(last)}'
-            )
-            return False
-        if p.max_age > 0.0 and -ahead > p.max_age:
-            self.diagnostics.reject(
-                'stale', f'{where}: {-ahead:.3f} s old by the node clock (max_age {p.max_age} s)'
-            )
+        if verdict.refused:
+            self.diagnostics.reject(verdict.reason, f'{where}: {verdict.detail}')
             return False
         return True
 
     def _fuse(self, stamp_ns: int, where: str) -> bool:
-        """Compute the features; False (refused) when a needed IMU/odometry value is missing."""
-        max_age = self.parameters.max_age
+        """Compute the features; False (refused) when a needed IMU/odometry value is unfit.
+
+        Unfit: none received yet, more than ``max_age`` older or more than ``max_future``
+        newer than the joint states (so nothing stale or from the future is fused).
+        """
+        max_age, max_future = self.parameters.max_age, self.parameters.max_future
         for needed, source_stamp, label in (
             (self._needs_imu, self._imu_stamp_ns, 'imu'),
             (self._needs_odometry, self._odometry_stamp_ns, 'odometry'),
@@ -404,6 +395,13 @@ class SensorIngestionNode(Node):
                     f'stale_{label}',
                     f'{where}: latest {label} is '
                     f'{(stamp_ns - source_stamp) * 1e-9:.3f} s older (max_age {max_age} s)',
+                )
+                return False
+            if max_future > 0.0 and (source_stamp - stamp_ns) * 1e-9 > max_future:
+                self.diagnostics.reject(
+                    f'future_{label}',
+                    f'{where}: latest {label} is {(source_stamp - stamp_ns) * 1e-9:.3f} s '
+                    f'newer (max_future {max_future} s)',
                 )
                 return False
         sources = {'joint': self._raw, 'imu': self._imu, 'odom': self._odometry}
@@ -424,12 +422,13 @@ class SensorIngestionNode(Node):
     def _accept_source(
         self,
         label: str,
+        stamp: TimeMsg,
         stamp_ns: int,
-        last_stamp_ns: int | None,
         values: list[float],
         quaternion: list[float],
     ) -> bool:
-        where = f'{self._topics[label]} stamp {_describe_stamp(stamp_ns)}'
+        """Finite values, a unit quaternion and a stamp within the input's window."""
+        where = f'{self._topics[label]} stamp {describe_stamp(stamp_ns)}'
         if not all(math.isfinite(v) for v in values + quaternion):
             self.diagnostics.reject(f'{label}_nonfinite', f'{where}: non-finite values')
             return False
@@ -439,9 +438,12 @@ class SensorIngestionNode(Node):
                 f'{where}: orientation {quaternion} is not a unit quaternion',
             )
             return False
-        if last_stamp_ns is not None and stamp_ns < last_stamp_ns:
-            self.diagnostics.reject(f'{label}_out_of_order', f'{where}: older than the last one')
+        window = self._windows[label]
+        verdict = window.check(stamp.sec, stamp.nanosec, self.get_clock().now().nanoseconds)
+        if verdict.refused:
+            self.diagnostics.reject(f'{label}_{verdict.reason}', f'{where}: {verdict.detail}')
             return False
+        window.accept(stamp_ns)
         return True
 
     def _on_imu(self, message: Imu) -> None:
@@ -449,7 +451,7 @@ class SensorIngestionNode(Node):
         o, w, a = message.orientation, message.angular_velocity, message.linear_acceleration
         quaternion = [o.w, o.x, o.y, o.z]  # transforms3d order: w first
         rates = [w.x, w.y, w.z, a.x, a.y, a.z]
-        if not self._accept_source('imu', stamp_ns, self._imu_stamp_ns, rates, quaternion):
+        if not self._accept_source('imu', message.header.stamp, stamp_ns, rates, quaternion):
             return
         roll, pitch, yaw = quat2euler(quaternion, axes='sxyz')
         self._imu[:] = (roll, pitch, yaw, *rates)
@@ -467,9 +469,7 @@ class SensorIngestionNode(Node):
             twist.linear.y,
             twist.angular.z,
         ]
-        if not self._accept_source(
-            'odometry', stamp_ns, self._odometry_stamp_ns, values, quaternion
-        ):
+        if not self._accept_source('odometry', message.header.stamp, stamp_ns, values, quaternion):
             return
         yaw = quat2euler(quaternion, axes='sxyz')[2]
         x, y, vx, vy, wz = values

@@ -385,3 +385,145 @@ def test_sensor_refuses_stamps_outside_the_window_without_locking_out(
     assert 'node clock went back' in sensor.output()
     assert watcher.count('/sensor_ingestion', 'rejected.out_of_order') == refused['out_of_order']
     assert sensor.alive(), sensor.output()
+
+
+def test_sensor_refuses_imu_and_odometry_outside_the_window_without_locking_out(
+    ros_context, start_process, tmp_path
+):
+    """An IMU / odometry message stamped an hour ahead is refused and counted, never becomes
+    the reference of their order check, and is never fused: the valid messages after it
+    keep being accepted and the observations carry their values. Stale and malformed
+    IMU / odometry stamps are refused too, and an IMU / odometry value newer than the
+    joint states by more than max_future is not fused into them."""
+    import rclpy.node
+
+    context, executor = ros_context
+    features = {
+        'theta': 'hinge.position',
+        'roll': 'imu.roll',
+        'gyro_z': 'imu.angular_velocity_z',
+        'odom_vx': 'odom.vx',
+        'odom_yaw': 'odom.yaw',
+    }
+    params = write_params(
+        tmp_path / 'sensor.yaml',
+        {
+            '/**': {'diagnostics_period': 0.2},
+            'sensor_ingestion': {
+                'observation_names': list(features),
+                'observation_features': list(features.values()),
+                'use_imu': True,
+                'use_odometry': True,
+                'max_age': 2.0,  # max_future: the default (0.1 s); the wall clock
+            },
+        },
+    )
+    node = rclpy.node.Node('sensor_sources_probe', context=context)
+    executor.add_node(node)
+    probe = SensorProbe(node, '/sindyrl/observation')
+    watcher = DiagnosticsWatcher(node)
+    sensor = start_process(node_command('sensor_ingestion', params), name='sensor')
+    assert spin_until(
+        executor,
+        lambda: (
+            probe.joint_states.get_subscription_count() >= 1
+            and probe.imu.get_subscription_count() >= 1
+            and probe.odometry.get_subscription_count() >= 1
+            and node.count_publishers('/sindyrl/observation') >= 1
+        ),
+        timeout=30,
+    ), sensor.output()
+    _pause(executor, 0.5)
+    second = 1_000_000_000
+    counted: dict[str, int] = {}
+
+    def counter(key):
+        return watcher.count('/sensor_ingestion', key)
+
+    def expect_refused(**reasons):
+        counted.update({r: counted.get(r, 0) + c for r, c in reasons.items()})
+        assert spin_until(
+            executor,
+            lambda: all(counter(f'rejected.{r}') == c for r, c in counted.items()),
+            timeout=20,
+        ), (counted, watcher.latest.get('/sensor_ingestion'), sensor.output()[-2000:])
+
+    def imu(stamp_ns, k):
+        roll = 0.1 * k
+        probe.send_imu(
+            stamp_ns, (math.cos(roll / 2), math.sin(roll / 2), 0.0, 0.0), gyro_z=float(k)
+        )
+
+    def odometry(stamp_ns, k):
+        probe.send_odometry(stamp_ns, vx=0.5 * k, yaw=-0.1 * k)
+
+    # Before any valid one: malformed (negative seconds) and stale stamps are refused.
+    now = probe.now_ns()
+    imu(-5, 9)  # sec -1: a wrapped int32
+    odometry(-5, 9)
+    imu(now - 5 * second, 9)
+    odometry(now - 5 * second, 9)
+    expect_refused(imu_invalid_stamp=1, odometry_invalid_stamp=1, imu_stale=1, odometry_stale=1)
+
+    # Valid IMU and odometry, then joint states: each observation fuses the latest values.
+    # In the middle, one IMU and one odometry message stamped an hour ahead.
+    expected = []
+    for k in range(6):
+        if k == 3:
+            stamp = probe.now_ns() + 3600 * second
+            imu(stamp, 12)
+            odometry(stamp, 12)
+            expect_refused(imu_future_stamp=1, odometry_future_stamp=1)
+        stamp = probe.now_ns()
+        imu(stamp, k)
+        odometry(stamp, k)
+        _pause(executor, 0.1)
+        probe.send_joints(stamp + 1_000_000, ['hinge'], [0.25 * k], [0.0])
+        expected.append((stamp + 1_000_000, [0.25 * k, 0.1 * k, float(k), 0.5 * k, -0.1 * k]))
+        assert spin_until(
+            executor, lambda: len(probe.observations) == len(expected), timeout=20
+        ), (
+            k,
+            watcher.latest.get('/sensor_ingestion'),
+            sensor.output()[-2000:],
+        )
+    for (stamp, values), (out_stamp, names, out_values) in zip(
+        expected, probe.observations, strict=True
+    ):
+        assert out_stamp == stamp and names == list(features)
+        np.testing.assert_allclose(out_values, values, atol=1e-12)
+
+    # An IMU value newer than the joint states by more than max_future (0.1 s) is not
+    # fused into them (it is within max_future of the node clock, so the IMU is accepted).
+    _pause(executor, 0.3)
+    stamp = probe.now_ns()
+    imu(stamp + 60_000_000, 6)
+    odometry(stamp, 6)
+    _pause(executor, 0.1)
+    probe.send_joints(stamp - 100_000_000, ['hinge'], [9.0], [0.0])
+    expect_refused(future_imu=1)
+    # Likewise odometry (the IMU is within max_future of these joint states).
+    _pause(executor, 0.3)
+    stamp = probe.now_ns()
+    imu(stamp, 7)
+    odometry(stamp + 60_000_000, 7)
+    _pause(executor, 0.1)
+    probe.send_joints(stamp - 80_000_000, ['hinge'], [9.0], [0.0])
+    expect_refused(future_odometry=1)
+    # A joint state no older than them fuses both.
+    probe.send_joints(stamp + 70_000_000, ['hinge'], [1.75], [0.0])
+    assert spin_until(executor, lambda: len(probe.observations) == 7, timeout=20)
+    out_stamp, _, out_values = probe.observations[-1]
+    assert out_stamp == stamp + 70_000_000
+    np.testing.assert_allclose(out_values, [1.75, 0.7, 7.0, 3.5, -0.7], atol=1e-12)
+
+    # Nothing valid was refused as out of order behind the stamps an hour ahead.
+    _pause(executor, 0.5)
+    assert counter('rejected.imu_out_of_order') == 0
+    assert counter('rejected.odometry_out_of_order') == 0
+    assert all(counter(f'rejected.{r}') == c for r, c in counted.items()), (
+        counted,
+        watcher.latest.get('/sensor_ingestion'),
+    )
+    assert counter('observations') == 7
+    assert sensor.alive(), sensor.output()
