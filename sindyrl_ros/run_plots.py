@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
-def read_progress(run_dir: Path) -> list[dict]:
-    """The run supervisor's events (progress.jsonl), skipping a torn last line."""
-    events = []
-    path = Path(run_dir) / 'progress.jsonl'
-    if not path.exists():
-        return events
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+from sindyrl_ros.core.progress import read_progress
 
 
 def plot_learning_curve(run_dir: Path, threshold: float | None = None) -> Path | None:
     """Write run_dir/learning_curve.png; None when the run has no evaluation yet."""
-    events = read_progress(run_dir)
+    events, _ = read_progress(run_dir)
     evaluations = [e for e in events if e.get('event') == 'evaluation']
     if not evaluations:
         return None
