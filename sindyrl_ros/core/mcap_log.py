@@ -81,6 +81,7 @@ __all__ = [
     'LogFormatError',
     'RecoveredSegment',
     'SegmentedRecordingWriter',
+    'SessionTransitions',
     'StampedVector',
     'TransitionAssembler',
     'TransitionLog',
@@ -1527,3 +1528,51 @@ def recorded_steps(logs: Iterable[TransitionLog] | TransitionLog) -> dict[str, i
         for mode in modes.values():
             counts[mode] = counts.get(mode, 0) + 1
     return counts
+
+
+class SessionTransitions:
+    """The transitions of a run's sessions: earlier ones (loaded) and the live one.
+
+    Each start of a run records its own session, and a restarted simulator's clock starts
+    from 0 again, so the stamps of two sessions must never be paired: each session has its
+    own :class:`TransitionAssembler`, and this class only adds up their counts and puts
+    their trajectories one after the other.
+
+    Parameters
+    ----------
+    live : TransitionAssembler
+        The session being recorded now; the one new messages go to.
+    earlier : sequence of TransitionAssembler
+        Sessions loaded from recordings (a resumed run's, an ``initial_log``), in order.
+    """
+
+    def __init__(
+        self, live: TransitionAssembler, earlier: Sequence[TransitionAssembler] = ()
+    ) -> None:
+        self.live = live
+        self.earlier = list(earlier)
+
+    @property
+    def sessions(self) -> list[TransitionAssembler]:
+        """Every session, the live one last."""
+        return [*self.earlier, self.live]
+
+    def transition_counts(self) -> dict[str, int]:
+        """Complete transitions per mode, over every session."""
+        counts: dict[str, int] = {}
+        for session in self.sessions:
+            for mode, count in session.transition_counts().items():
+                counts[mode] = counts.get(mode, 0) + count
+        return counts
+
+    def trajectories(
+        self, modes: Iterable[str] | None = (EXPLORE,), min_steps: int = 1, rewards: bool = False
+    ) -> list[Trajectory]:
+        """:meth:`TransitionAssembler.trajectories` of every session, in session order."""
+        modes = None if modes is None else tuple(modes)
+        return [
+            trajectory
+            for session in self.sessions
+            for trajectory in session.trajectories(modes, min_steps, rewards)
+        ]
+

@@ -15,6 +15,13 @@ Rewards the plant reports on ``/sindyrl/reward`` (stamped with the observation t
 started from) are recorded too. When the task's reward is ``learned``, every fit also
 fits a sparse polynomial reward model on the rewarded exploration transitions and sends
 it in the model card (``reward_model``), so the policy trainer can score surrogate steps.
+
+The recording is ``run_dir/recording/session_<s>/segment_<k>.mcap``: one session per start
+of the node, split into segments closed every ``segment_seconds`` (as rosbag2 splits a
+bag), so a crash leaves at most the open segment without its index; the node rewrites any
+such segment into a complete file when it starts. Each session is paired on its own (a
+restarted simulator's clock starts at 0 again). With ``resume`` the node fits at once on
+the transitions of every earlier session of the run, and model versions go on.
 """
 
 from __future__ import annotations
@@ -41,14 +48,18 @@ from sindyrl_ros.core.mcap_log import (
     EXPLORE,
     REWARD_NAME,
     LogFormatError,
+    SegmentedRecordingWriter,
+    SessionTransitions,
     TransitionAssembler,
-    TransitionLogWriter,
-    read_transition_log,
+    TransitionLog,
+    read_recording,
+    recover_recording,
 )
 from sindyrl_ros.core.reward import LEARNED_REWARD
 from sindyrl_ros.core.serialization import save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
+    RESUME_PARAMETER,
     SHARED_PARAMETERS,
     TRANSITION_QOS,
     Diagnostics,
@@ -76,15 +87,17 @@ MODEL_UPDATER_PARAMETERS = [
     ParamSpec(
         'run_dir',
         'sindyrl_run',
-        'Directory of this run: the MCAP recording and '
+        'Directory of this run: the MCAP recording (recording/) and '
         'models/model_<version>.json are written here',
         read_only=True,
     ),
+    RESUME_PARAMETER,
     ParamSpec(
         'initial_log',
         '',
-        'MCAP recording (written by this node) to load at start-up, '
-        'fit and publish from; empty = start without data',
+        'Recording to load at start-up, fit and publish from: an .mcap file or a recording '
+        "directory (<run>/recording) of another run; copied into this run's recording as "
+        'sessions of their own; empty = start without data',
         read_only=True,
     ),
     ParamSpec(
@@ -203,6 +216,14 @@ MODEL_UPDATER_PARAMETERS = [
         1.0,
         'Seconds between flushes of the recording to disk',
         range=(0.01, 3600.0),
+        read_only=True,
+    ),
+    ParamSpec(
+        'segment_seconds',
+        30.0,
+        'Seconds of recording per MCAP segment: at a flush an older segment is closed '
+        '(complete, with its index), so a crash leaves at most the open one to repair',
+        range=(0.1, 86400.0),
         read_only=True,
     ),
     ParamSpec(
@@ -471,12 +492,7 @@ class ModelUpdater(Node):
         self.task = task_from_parameters(self, p)
         self.observation_names = list(self.task.observation_names)
         self.action_names = list(self.task.action_names)
-        span = self.task.observation_high - self.task.observation_low
-        self.assembler = TransitionAssembler(
-            self.task.dt,
-            gap_factor=p.gap_factor,
-            max_jump=p.max_observation_jump * span if p.max_observation_jump > 0 else None,
-        )
+        self.assembler = self._assembler()
         self.run_dir = Path(p.run_dir).expanduser()
         self.models_dir = self.run_dir / 'models'
         try:
@@ -509,22 +525,21 @@ class ModelUpdater(Node):
         self.diagnostics.set('model_version', 0)
         self.diagnostics.set('fit_running', False)
 
-        initial = self._load_initial_log(p.initial_log) if p.initial_log else None
-        self.recording_path = self._recording_path()
-        self.recording = TransitionLogWriter(
-            self.recording_path,
-            metadata={
-                'task': self.task.name,
-                'observation_names': json.dumps(self.observation_names),
-                'action_names': json.dumps(self.action_names),
-                'control_period': repr(self.task.dt),
-                'reward': self.task.reward,
-                'initial_log': p.initial_log,
-            },
+        self.recording_dir = self.run_dir / 'recording'
+        self.metadata = {
+            'task': self.task.name,
+            'observation_names': json.dumps(self.observation_names),
+            'action_names': json.dumps(self.action_names),
+            'control_period': repr(self.task.dt),
+            'reward': self.task.reward,
+        }
+        self._recover()
+        earlier = self._load_earlier_sessions()
+        self.recording = SegmentedRecordingWriter(
+            self.recording_dir, self.metadata, segment_seconds=p.segment_seconds
         )
-        if initial is not None:
-            self._replay_into_recording(initial)
-        self.diagnostics.set('recording', str(self.recording_path))
+        self.transitions = SessionTransitions(self.assembler, earlier)
+        self.diagnostics.set('recording', str(self.recording.directory))
         self.worker = FitWorker(p.fit_worker, p.fit_niceness)
 
         self.model_publisher = self.create_publisher(String, 'sindyrl/model', LATCHED_QOS)
@@ -539,76 +554,128 @@ class ModelUpdater(Node):
         self.create_timer(0.05, self._poll_fit, clock=steady)
         self.create_timer(p.flush_period, self._flush, clock=steady)
         self._update_counts()
-        if initial is not None:
+        if earlier:
             self._pending_initial_fit = True
             self._maybe_fit()
         self.get_logger().info(
-            f'model updater ready: task {self.task.name}, recording to {self.recording_path}, '
+            f'model updater ready: task {self.task.name}, recording to '
+            f'{self.recording.directory}, '
             f'refit every {p.refit_every} exploration transitions'
         )
 
     # ------------------------------------------------------------------ recording
 
-    def _recording_path(self) -> Path:
-        """run_dir/recording.mcap, or recording_<k>.mcap if a previous start left one."""
-        path = self.run_dir / 'recording.mcap'
-        index = 1
-        while path.exists():
-            path = self.run_dir / f'recording_{index}.mcap'
-            index += 1
-        return path
+    def _assembler(self) -> TransitionAssembler:
+        """A pairing of one session's messages into transitions (see TransitionAssembler)."""
+        p = self.parameters
+        span = self.task.observation_high - self.task.observation_low
+        return TransitionAssembler(
+            self.task.dt,
+            gap_factor=p.gap_factor,
+            max_jump=p.max_observation_jump * span if p.max_observation_jump > 0 else None,
+        )
 
-    def _load_initial_log(self, path: str):
+    def _recover(self) -> None:
+        """Rewrite the segments a crash left without their index into complete files."""
         try:
-            log = read_transition_log(Path(path).expanduser())
+            recovered = recover_recording(self.recording_dir)
         except (OSError, LogFormatError) as error:
-            raise configuration_error(self, 'initial_log', str(error)) from None
-        names = log.metadata.get('observation_names')
-        if names is not None and json.loads(names) != self.observation_names:
-            raise configuration_error(
-                self,
-                'initial_log',
-                f'{path} records observations {names}, the task has {self.observation_names}',
-            )
-        if not log.complete:
+            raise configuration_error(self, 'run_dir', f'recording: {error}') from None
+        for segment in recovered:
             self.get_logger().warning(
-                f'{path} ends early (its writer was stopped without closing it); using the '
-                f'{len(log.observations)} observations that are complete'
+                f'{segment.path} ended without its index (its writer was killed): rewritten '
+                f'as a complete file with its {segment.observations} observations, '
+                f'{segment.actions} actions and {segment.rewards} rewards'
             )
-        return log
 
-    def _replay_into_recording(self, log) -> None:
-        """Feed a loaded recording to the pairing and copy it into this run's recording."""
+    def _load_earlier_sessions(self) -> list[TransitionAssembler]:
+        """The sessions to fit on before new data comes: the run's own (resume), or an
+        initial_log copied into this run's recording, one session each."""
+        p = self.parameters
+        earlier = []
+        if p.resume:
+            if p.initial_log:
+                self.get_logger().info(
+                    f'resume: initial_log {p.initial_log} was copied into the run at its first '
+                    'start; not loaded again'
+                )
+            if self.recording_dir.exists():
+                for log in self._read('resume', self.recording_dir):
+                    earlier.append(self._replay(log))
+            self.get_logger().info(
+                f'resume: {len(earlier)} earlier sessions of {self.run_dir}, '
+                f'{self.accepted} models accepted so far'
+            )
+        elif p.initial_log:
+            for log in self._read('initial_log', Path(p.initial_log).expanduser()):
+                metadata = dict(self.metadata, initial_log=p.initial_log)
+                with SegmentedRecordingWriter(
+                    self.recording_dir, metadata, segment_seconds=float('inf')
+                ) as copy:
+                    earlier.append(self._replay(log, copy))
+        return earlier
+
+    def _read(self, parameter: str, path: Path) -> list[TransitionLog]:
+        """The sessions of a recording, checked against the task's names; FATAL if unusable."""
+        try:
+            logs = read_recording(path)
+        except (OSError, LogFormatError) as error:
+            raise configuration_error(self, parameter, str(error)) from None
+        for log in logs:
+            names = log.metadata.get('observation_names')
+            if names is not None and json.loads(names) != self.observation_names:
+                raise configuration_error(
+                    self,
+                    parameter,
+                    f'{path} records observations {names}, the task has {self.observation_names}',
+                )
+            if not log.complete:
+                self.get_logger().warning(
+                    f'{path}: a segment ends early (its writer was stopped without closing '
+                    f'it); using the {len(log.observations)} observations that are complete'
+                )
+        return logs
+
+    def _replay(
+        self, log: TransitionLog, copy: SegmentedRecordingWriter | None = None
+    ) -> TransitionAssembler:
+        """One recorded session paired on its own; copied into ``copy`` when given."""
+        assembler = self._assembler()
         for observation in log.observations:
             values = self._reorder(observation.names, observation.values, self.observation_names)
             if values is None:
                 continue
-            self.recording.write_observation(
-                observation.stamp_ns, self.observation_names, values, observation.log_time_ns
-            )
-            self.assembler.add_observation(observation.stamp_ns, values)
+            if copy is not None:
+                copy.write_observation(
+                    observation.stamp_ns, self.observation_names, values, observation.log_time_ns
+                )
+            assembler.add_observation(observation.stamp_ns, values)
         for action in log.actions:
             values = self._reorder(action.names, action.values, self.action_names)
             if values is None:
                 continue
-            self.recording.write_action(
-                action.stamp_ns, self.action_names, values, action.frame_id, action.log_time_ns
-            )
-            self.assembler.add_action(action.stamp_ns, values, action.frame_id)
+            if copy is not None:
+                copy.write_action(
+                    action.stamp_ns,
+                    self.action_names,
+                    values,
+                    action.frame_id,
+                    action.log_time_ns,
+                )
+            assembler.add_action(action.stamp_ns, values, action.frame_id)
         for reward in log.rewards:
             values = self._reorder(reward.names, reward.values, (REWARD_NAME,))
             if values is None:
                 continue
-            self.recording.write_reward(reward.stamp_ns, values[0], reward.log_time_ns)
-            self.assembler.add_reward(reward.stamp_ns, values[0])
-        self.diagnostics.increment('observations_recorded', len(log.observations))
-        self.diagnostics.increment('actions_recorded', len(log.actions))
-        self.diagnostics.increment('rewards_recorded', len(log.rewards))
+            if copy is not None:
+                copy.write_reward(reward.stamp_ns, values[0], reward.log_time_ns)
+            assembler.add_reward(reward.stamp_ns, values[0])
         self.get_logger().info(
             f'loaded {len(log.observations)} observations, {len(log.actions)} actions and '
-            f'{len(log.rewards)} rewards from {self.parameters.initial_log}: '
-            f'{self.assembler.transition_counts()}'
+            f'{len(log.rewards)} rewards of session {log.metadata.get("session", "-")}: '
+            f'{assembler.transition_counts()}'
         )
+        return assembler
 
     def _reorder(
         self, names: Sequence[str], values: np.ndarray, expected: Sequence[str]
@@ -670,7 +737,7 @@ class ModelUpdater(Node):
         self.assembler.add_reward(stamp_ns, reward[0])
 
     def _update_counts(self) -> None:
-        counts = self.assembler.transition_counts()
+        counts = self.transitions.transition_counts()
         self._explore = counts.get(EXPLORE, 0)
         self.diagnostics.set('transitions_explore', self._explore)
         self.diagnostics.set('transitions_evaluate', counts.get(EVALUATE, 0))
@@ -683,7 +750,7 @@ class ModelUpdater(Node):
             self.recording.flush()
         except OSError as error:
             self.diagnostics.errors['recording'] = f'cannot write the recording: {error}'
-            self.get_logger().error(f'{self.recording_path}: {error}')
+            self.get_logger().error(f'{self.recording.segment_path}: {error}')
 
     # ------------------------------------------------------------------ fitting
 
@@ -697,7 +764,7 @@ class ModelUpdater(Node):
         if self._explore == 0:
             self._pending_initial_fit = False
             return
-        trajectories = self.assembler.trajectories(modes=(EXPLORE,))
+        trajectories = self.transitions.trajectories(modes=(EXPLORE,))
         self.diagnostics.set('trajectories', len(trajectories))
         p = self.parameters
         request = {
@@ -709,7 +776,7 @@ class ModelUpdater(Node):
             'seed': p.seed,
         }
         if self.task.reward == LEARNED_REWARD:
-            rewarded = self.assembler.trajectories(modes=(EXPLORE,), rewards=True)
+            rewarded = self.transitions.trajectories(modes=(EXPLORE,), rewards=True)
             request['reward_trajectories'] = [
                 (t.observations, t.actions, t.rewards) for t in rewarded
             ]
@@ -826,7 +893,7 @@ class ModelUpdater(Node):
         if not self.recording.closed:
             self.recording.close()
             self.get_logger().info(
-                f'recording closed: {self.recording_path} '
+                f'recording closed: {self.recording.directory} '
                 f'({self.recording.observations_written} observations, '
                 f'{self.recording.actions_written} actions)'
             )

@@ -137,7 +137,7 @@ def start_updater(start_process, run_dir, *parameters):
 
 def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_process, tmp_path):
     from sindyrl_ros.core.dynamics import SindyDynamics
-    from sindyrl_ros.core.mcap_log import assemble_log, read_transition_log
+    from sindyrl_ros.core.mcap_log import assemble_log, read_recording
 
     context, executor = ros_context
     run_dir = tmp_path / 'run'
@@ -187,9 +187,9 @@ def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_
     saved = json.loads((run_dir / 'models' / 'model_1.json').read_text())
     assert saved == card
 
-    # Stopping closes the recording: a complete MCAP file with everything that was sent.
+    # Stopping closes the recording: complete MCAP segments with everything that was sent.
     assert updater.stop() == 0, updater.output()
-    log = read_transition_log(run_dir / 'recording.mcap')
+    [log] = read_recording(run_dir / 'recording')
     assert log.complete
     assert len(log.observations) == total and len(log.actions) == total
     trajectories = assemble_log(log, 0.05).trajectories()
@@ -264,11 +264,69 @@ def test_starts_from_a_recorded_log(ros_context, start_process, tmp_path):
     assert (run_dir / 'models' / 'model_1.json').exists()
     assert updater.stop() == 0, updater.output()
     probe.destroy()
+    # The run's own recording holds the log it was fitted on, as a session of its own.
+    from sindyrl_ros.core.mcap_log import read_recording
+
+    # (The live session received nothing, so it wrote no segment.)
+    [copied] = read_recording(run_dir / 'recording')
+    assert len(copied.observations) == 201 and copied.metadata['initial_log'] == str(log_path)
+
+
+def test_resumes_after_kill_9_with_every_session_paired_on_its_own(
+    ros_context, start_process, tmp_path
+):
+    """A model updater killed with kill -9, then started again with resume:=true.
+
+    The killed start's open segment is rewritten whole; the refit on resume uses the
+    transitions of both starts, and the second start's stamps, which repeat the first's (a
+    restarted simulator's clock starts at 0 again), are never paired with them.
+    """
+    import signal
+
+    from sindyrl_ros.core.mcap_log import read_recording
+
+    context, executor = ros_context
+    run_dir = tmp_path / 'run'
+    first = start_updater(
+        start_process,
+        run_dir,
+        'refit_every:=100000',
+        'fit_worker:=thread',
+        'segment_seconds:=0.5',
+    )
+    probe = UpdaterProbe(context, executor)
+    assert probe.connected(), first.output()
+    observations, actions = pendulum_episode(seed=7, steps=150)
+    probe.send(episode_messages(10**9, observations, actions))
+    assert probe.recorded(151, 151), first.output()
+    probe.spin_until(lambda: False, timeout=1.5)  # flushed, one segment closed
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    probe.destroy()
+
+    second = start_updater(
+        start_process, run_dir, 'resume:=true', 'refit_every:=100000', 'fit_worker:=thread'
+    )
+    probe = UpdaterProbe(context, executor)
+    # Fitted at once on the killed start's 150 transitions.
+    assert probe.spin_until(lambda: probe.cards, timeout=60), second.output()
+    assert probe.cards[-1]['transitions'] == 150 and probe.cards[-1]['model_version'] == 1
+    # Same stamps again, another episode: 150 more, not a mix of the two.
+    others, other_actions = pendulum_episode(seed=8, steps=150)
+    probe.send(episode_messages(10**9, others, other_actions))
+    assert probe.recorded(151, 151), second.output()
+    assert probe.spin_until(lambda: probe.value('transitions_explore') == '300', 10)
+    assert second.stop() == 0, second.output()
+    probe.destroy()
+    sessions = read_recording(run_dir / 'recording')
+    assert [len(log.observations) for log in sessions] == [151, 151]
+    assert all(log.complete for log in sessions)
+    np.testing.assert_array_equal([o.values for o in sessions[0].observations], observations)
 
 
 def test_learns_the_reward_the_plant_reports(ros_context, start_process, tmp_path):
     """reward:=learned: rewards on /sindyrl/reward, paired by stamp, make a reward model."""
-    from sindyrl_ros.core.mcap_log import read_transition_log
+    from sindyrl_ros.core.mcap_log import read_recording
     from sindyrl_ros.core.reward import SparseRewardModel
     from sindyrl_ros.core.tasks import get_task
     from sindyrl_ros.nodes.model_updater import fit_reward_model
@@ -325,7 +383,7 @@ def test_learns_the_reward_the_plant_reports(ros_context, start_process, tmp_pat
     assert 'learned r =' in updater.output()
 
     assert updater.stop() == 0, updater.output()
-    log = read_transition_log(run_dir / 'recording.mcap')
+    [log] = read_recording(run_dir / 'recording')
     assert len(log.rewards) == 250
     assert json.loads((run_dir / 'models' / 'model_1.json').read_text()) == card
     probe.destroy()
