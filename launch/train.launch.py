@@ -23,6 +23,7 @@ def _nodes(context):
         backend=LaunchConfiguration('backend').perform(context),
         run_dir=run_dir,
         port=port,
+        resume=LaunchConfiguration('resume').perform(context).lower() in ('true', '1'),
     )
     return ros_nodes(specs)
 
@@ -53,6 +54,12 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 'run_dir', default_value='',
                 description='where the MCAP log, models, policies and summary.json go',
+            ),
+            DeclareLaunchArgument(
+                'resume', default_value='false', choices=['true', 'false'],
+                description='continue the run in run_dir after a crash or a stop: its '
+                'recording, last model and policy, and real steps (which count against the '
+                'budget)',
             ),
             OpaqueFunction(function=_nodes),
         ]

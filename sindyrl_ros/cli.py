@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         '(default: runs/<task>-<date>-<time>)',
     )
     train.add_argument(
+        '--resume', type=Path, default=None, metavar='RUN_DIR',
+        help='continue the run in RUN_DIR after a crash or a stop, with its own task file, '
+        'backend and budget (--budget may raise it): its recording, last model and policy '
+        'and its real steps, which count against the budget',
+    )
+    train.add_argument(
         '--budget', type=int, default=None,
         help="real training steps the run may use (default: the config file's value)",
     )
@@ -367,7 +373,53 @@ def training_specs(arguments, run_dir: Path, port: str | None = None) -> list[gr
     return graph.training_graph(
         _task_file(arguments), backend=arguments.backend, run_dir=str(run_dir),
         budget=arguments.budget, port=port or getattr(arguments, 'port', None),
+        resume=getattr(arguments, 'resume', None) is not None,
     )
+
+
+RUN_FORMAT = 'sindyrl_ros/run'
+# What a run was started with, so that --resume starts the same graph again.
+RUN_SETTINGS = ('task', 'backend', 'budget', 'port', 'emulate', 'emulator_speed')
+
+
+def _save_run_settings(arguments, run_dir: Path) -> None:
+    from sindyrl_ros.core.serialization import save_json_document
+
+    document = {'format': RUN_FORMAT, 'version': 1}
+    document.update({key: getattr(arguments, key) for key in RUN_SETTINGS})
+    save_json_document(run_dir / 'run.json', document)
+
+
+def _resume_arguments(arguments) -> None:
+    """Take the run's own settings (run.json, config.yaml) for --resume; exit 2 if unusable."""
+    from sindyrl_ros.core.progress import RunHistory
+    from sindyrl_ros.core.serialization import FormatError, load_json_document
+
+    run_dir = arguments.resume.resolve()
+    if arguments.run_dir is not None or arguments.config is not None:
+        raise SystemExit('sindyrl-ros train: --resume takes the run directory, task file and '
+                         'backend of the run: leave out --run-dir and --config')
+    try:
+        settings = load_json_document(run_dir / 'run.json', RUN_FORMAT, {1})
+        history = RunHistory.read(run_dir)
+    except (FormatError, OSError, ValueError) as error:
+        print(f'sindyrl-ros train: FATAL: cannot resume {run_dir}: {error}', file=sys.stderr)
+        raise SystemExit(2) from None
+    if history.reached:
+        print(f'sindyrl-ros train: the run in {run_dir} already reached its threshold '
+              f'({history.finished.get("eval_return_mean")}): nothing to resume')
+        raise SystemExit(0)
+    budget = arguments.budget
+    for key in RUN_SETTINGS:
+        value = settings.get(key)
+        if key == 'budget' and budget is not None:
+            continue
+        if key in ('task', 'backend') and not isinstance(value, str):
+            print(f'sindyrl-ros train: FATAL: {run_dir / "run.json"}: no {key}', file=sys.stderr)
+            raise SystemExit(2)
+        setattr(arguments, key, value)
+    arguments.config = run_dir / 'config.yaml'
+    arguments.run_dir = run_dir
 
 
 def _parameter_sections(task_file: Path) -> dict:
@@ -482,6 +534,8 @@ def deploy_specs(arguments) -> list[graph.NodeSpec]:
 
 
 def train(arguments) -> int:
+    if arguments.resume is not None:
+        _resume_arguments(arguments)
     task_file = _task_file(arguments)
     if (arguments.emulate or arguments.port) and arguments.backend != 'serial':
         raise SystemExit('sindyrl-ros train: --emulate and --port need --backend serial')
@@ -502,15 +556,26 @@ def train(arguments) -> int:
     specs = training_specs(arguments, run_dir, port)
     if emulator is not None:
         specs = emulator.adapt(specs)
-    shutil.copy(task_file, run_dir / 'config.yaml')
-    nodes = Graph(specs, run_dir / 'logs', environment)
-    print(f'sindyrl-ros train: task {task}, backend {arguments.backend}')
+    if arguments.resume is None:
+        shutil.copy(task_file, run_dir / 'config.yaml')
+        _save_run_settings(arguments, run_dir)
+    log_dir = run_dir / 'logs'
+    if arguments.resume is not None:
+        # The logs of the start that crashed are evidence: each start keeps its own.
+        log_dir = next(
+            run_dir / f'logs_resume_{k}' for k in range(1, 10_000)
+            if not (run_dir / f'logs_resume_{k}').exists()
+        )
+    nodes = Graph(specs, log_dir, environment)
+    resuming = ' (resuming the run)' if arguments.resume is not None else ''
+    print(f'sindyrl-ros train: task {task}, backend {arguments.backend}{resuming}')
     print(f'  parameters: {task_file}')
     print(f'  run directory: {run_dir} (node logs in {nodes.log_dir})')
     print(f'  nodes: {", ".join(spec.name for spec in specs)}')
     started = time.monotonic()
     progress_path = run_dir / 'progress.jsonl'
-    progress_offset = 0
+    # Only this start's events are told (a resumed run's log holds the earlier ones too).
+    progress_offset = progress_path.stat().st_size if progress_path.exists() else 0
     outcome = 1
     watch = LogWatch(nodes.log_dir)
     nodes.start()

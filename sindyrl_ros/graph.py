@@ -165,6 +165,7 @@ def training_graph(
     run_dir: str | None = None,
     budget: int | None = None,
     port: str | None = None,
+    resume: bool = False,
 ) -> list[NodeSpec]:
     """The nodes that learn a controller on the plant given by `backend`.
 
@@ -178,10 +179,13 @@ def training_graph(
     run_dir : where the MCAP log, models, policies and summary.json go (None: the file's value).
     budget : real training steps the run may use (None: the file's value).
     port : serial device of the rig (backend 'serial'; None: the file's value).
+    resume : continue the run in run_dir (its recording, models, policies and steps).
     """
     _check(task_file, backend)
     sim_time = {'use_sim_time': USES_SIM_TIME[backend]}
     learning = dict(sim_time, **({'run_dir': run_dir} if run_dir else {}))
+    if resume:
+        learning['resume'] = True
     supervisor = dict(learning, **({'budget': int(budget)} if budget is not None else {}))
     # Lockstep needs the controller to answer each observation, and so does a rig: it samples
     # on its own timer, so its state rate is the control rate and each answer should reach

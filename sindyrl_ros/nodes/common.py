@@ -62,6 +62,7 @@ __all__ = [
     'Waits',
     'EpisodeReporter',
     'WAIT_REPORT_PARAMETER',
+    'RESUME_PARAMETER',
     'LATCHED_QOS',
     'ParamSpec',
     'ParameterFileError',
@@ -301,6 +302,16 @@ SHARED_PARAMETERS = [
 
 # Every node that can wait for something (a service, a first message, an operator) says so
 # after this long (see Waits).
+# The learning nodes of a run (model updater, policy trainer, run supervisor) continue the
+# run in their run_dir instead of starting a new one: `sindyrl-ros train --resume <run dir>`.
+RESUME_PARAMETER = ParamSpec(
+    'resume',
+    False,
+    'Continue the run in run_dir (after a crash or a stop): its recorded transitions, its '
+    'last accepted model and policy, and its real steps, which count against the budget',
+    read_only=True,
+)
+
 WAIT_REPORT_PARAMETER = ParamSpec(
     'wait_report',
     5.0,

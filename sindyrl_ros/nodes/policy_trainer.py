@@ -15,6 +15,10 @@ Optionally a sparse polynomial policy is distilled from it, saved, and deployed 
 For a task whose reward is ``learned``, surrogate steps are scored by the reward model
 that comes with each model card (``reward_model``, validated on receipt); a card without
 one is refused and counted (``rejected.missing_reward_model``).
+
+On ``resume`` the run's last deployed policy (``run_dir/policies``) is read back through
+the same checks as any policy file and published again, so the controller goes on with it
+instead of random actions; versions go on from it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from sindyrl_ros.core.policies import load_policy
 from sindyrl_ros.core.reward import LEARNED_REWARD
 from sindyrl_ros.core.serialization import (
     FormatError,
@@ -42,6 +47,7 @@ from sindyrl_ros.core.serialization import (
 )
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
+    RESUME_PARAMETER,
     SHARED_PARAMETERS,
     Diagnostics,
     ParamSpec,
@@ -183,6 +189,7 @@ POLICY_TRAINER_PARAMETERS = [
         range=(0, 2**31 - 1),
         read_only=True,
     ),
+    RESUME_PARAMETER,
     ParamSpec(
         'diagnostics_period',
         1.0,
@@ -285,11 +292,32 @@ class PolicyTrainer(Node):
         self.create_timer(
             0.05, self._publish_finished, clock=Clock(clock_type=ClockType.STEADY_TIME)
         )
+        if p.resume:
+            self._republish_last_policy()
         self._worker = threading.Thread(target=self._training_loop, name='sac', daemon=True)
         self._worker.start()
         self.get_logger().info(
             f'policy trainer ready: task {self.task.name}, deploys the {p.deploy_policy} '
             f'policy, saves to {self.policies_dir}'
+        )
+
+    def _republish_last_policy(self) -> None:
+        """Resume: publish the run's last deployed policy again (none saved: nothing)."""
+        if self.policy_version == 0:
+            self.get_logger().info(f'resume: no policy saved in {self.policies_dir} yet')
+            return
+        kind = 'sparse' if self.parameters.deploy_policy == 'sparse' else 'policy'
+        path = self.policies_dir / f'{kind}_{self.policy_version}.json'
+        try:
+            policy = load_policy(path, self.task.observation_names, self.task.action_names)
+        except (FormatError, OSError) as error:
+            raise configuration_error(self, 'resume', f'last policy: {error}') from None
+        self.policy_publisher.publish(String(data=json.dumps(policy.to_dict(), allow_nan=False)))
+        self.diagnostics.set('policy_version', self.policy_version)
+        self.diagnostics.set('source_model_version', policy.metadata.get('source_model_version'))
+        self.get_logger().info(
+            f'resume: policy {self.policy_version} ({path.name}, trained on model '
+            f'{policy.metadata.get("source_model_version")}) published again'
         )
 
     def _make_learner(self):

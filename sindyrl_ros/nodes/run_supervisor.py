@@ -31,6 +31,13 @@ reach ``budget`` (checked at episode ends; when holding, the policy trained on t
 chunk is awaited and evaluated first, as the core loop does). Every event goes to
 ``run_dir/progress.jsonl`` as it happens, the result to ``run_dir/summary.json``, and the
 process exits with code 0 so a launcher knows the run is over.
+
+Resume (``resume`` true, ``sindyrl-ros train --resume <run dir>``): the run goes on in the
+same run_dir after a crash or a stop. The real steps already spent come from the progress
+log and the recording (whichever counts more), the evaluations and holds from the progress
+log, and the policy last released there is not taken for a new one when the policy
+trainer republishes it; exploration goes on with it for a chunk, and the budget counts
+every earlier real step.
 """
 
 from __future__ import annotations
@@ -47,11 +54,14 @@ from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+from sindyrl_ros.core.mcap_log import LogFormatError, read_recording, recorded_steps
 from sindyrl_ros.core.policies import policy_from_json
+from sindyrl_ros.core.progress import RunHistory
 from sindyrl_ros.core.serialization import FormatError, save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
+    RESUME_PARAMETER,
     SHARED_PARAMETERS,
     WAIT_REPORT_PARAMETER,
     Diagnostics,
@@ -119,6 +129,7 @@ RUN_SUPERVISOR_PARAMETERS = [
         read_only=True,
     ),
     WAIT_REPORT_PARAMETER,
+    RESUME_PARAMETER,
     ParamSpec(
         'hold_for_policy',
         True,
@@ -238,6 +249,12 @@ class RunSupervisor(Node):
         self._resuming = False
         self._deferred_episodes: list[tuple[bool, float]] = []
 
+        # A resumed run goes on from what its earlier starts did; the plant's own step count
+        # (in its episode records) starts again from 0 on this start.
+        self.starts = 1
+        self._plant_steps_before = 0
+        resumed = self._resume() if p.resume else None
+
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
         self.waits = Waits(self, self.diagnostics, p.wait_report)
         self.diagnostics.counters['episodes_seen'] = 0
@@ -273,6 +290,7 @@ class RunSupervisor(Node):
             hold_for_policy=p.hold_for_policy,
             initial_steps=p.initial_steps,
             steps_per_iteration=p.steps_per_iteration,
+            **({'resumed': resumed} if resumed is not None else {}),
         )
         hold = (
             f'holding the plant after {p.initial_steps} initial and every '
@@ -280,11 +298,72 @@ class RunSupervisor(Node):
             if p.hold_for_policy
             else 'plant runs freely'
         )
+        if resumed is not None:
+            self.get_logger().info(
+                f'resuming the run in {self.run_dir} (start {self.starts}): '
+                f'{self.real_steps} real training steps and {self.eval_steps} evaluation steps '
+                f'already spent, {len(self.evaluations)} evaluations, {self.holds} holds'
+            )
         self.get_logger().info(
             f'run supervisor ready: task {self.task.name}, budget {p.budget} real steps, '
             f'threshold {self.threshold}, {p.eval_episodes} evaluation episodes, {hold}, '
             f'writing to {self.run_dir}'
         )
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume(self) -> dict:
+        """Take over the steps, evaluations and holds of the run's earlier starts.
+
+        Steps come from the larger of two counts: the progress log's last event, and the
+        recording (one recorded action = one real step), which also holds the steps of an
+        episode cut short by a crash, when no episode event told of them.
+        """
+        try:
+            history = RunHistory.read(self.run_dir)
+        except ValueError as error:
+            raise configuration_error(self, 'resume', str(error)) from None
+        recording = self.run_dir / 'recording'
+        try:
+            recorded = recorded_steps(read_recording(recording)) if recording.exists() else {}
+        except (OSError, LogFormatError) as error:
+            detail = f'cannot read {recording}: {error}'
+            raise configuration_error(self, 'resume', detail) from None
+        if history.starts == 0 and not recorded:
+            raise configuration_error(
+                self,
+                'resume',
+                f'{self.run_dir} holds no earlier run (no progress.jsonl entry, '
+                'no recording): nothing to resume',
+            )
+        recorded_eval = recorded.get('evaluate', 0)
+        recorded_training = sum(n for mode, n in recorded.items() if mode != 'evaluate')
+        self.eval_steps = max(history.eval_steps, recorded_eval)
+        self._plant_steps_before = max(history.real_steps, recorded_training) + self.eval_steps
+        self.plant_steps = self._plant_steps_before
+        self.evaluations = list(history.evaluations)
+        if self.evaluations:
+            self.evaluated_policy_version = self.evaluations[-1]['policy_version']
+        self.holds = history.holds
+        self.held_wall_time = history.held_wall_time_s
+        self._released_policy_version = history.released_policy_version
+        self._released_model_version = history.released_model_version
+        self._chunk_start_steps = self.real_steps
+        self.starts = history.starts + 1
+        if history.skipped_lines:
+            self.get_logger().warning(
+                f'{self.progress_path}: {history.skipped_lines} lines are not events (a torn '
+                'last line after a crash?); skipped'
+            )
+        return {
+            'real_steps': self.real_steps,
+            'eval_steps': self.eval_steps,
+            'recorded_steps': recorded,
+            'progress_real_steps': history.real_steps,
+            'evaluations': len(self.evaluations),
+            'holds': self.holds,
+            'released_policy_version': self._released_policy_version,
+        }
 
     # ------------------------------------------------------------------ accounting
 
@@ -339,7 +418,9 @@ class RunSupervisor(Node):
         if is_evaluation:
             self.eval_steps += length
         if 'real_steps' in record:
-            self.plant_steps = max(self.plant_steps, int(record['real_steps']))
+            self.plant_steps = max(
+                self.plant_steps, self._plant_steps_before + int(record['real_steps'])
+            )
         else:
             self.plant_steps += length
         deferred = self.state == SWITCHING and self._resuming and end != 'reset'
@@ -525,12 +606,18 @@ class RunSupervisor(Node):
             return source > self._released_model_version
         return True
 
-    def _release_policy(self) -> None:
+    def _release_policy(self, evaluation: bool) -> None:
         """The current policy is now evaluated or exploring: later holds wait for a newer one."""
         self._released_policy_version = self.policy.get('policy_version')
         source = self.policy.get('source_model_version')
         self._released_model_version = (
             source if isinstance(source, int) else int(self.model.get('model_version', 0))
+        )
+        self._event(
+            'release',
+            policy_version=self._released_policy_version,
+            source_model_version=self._released_model_version,
+            evaluation=evaluation,
         )
         self._start_chunk()
 
@@ -552,9 +639,12 @@ class RunSupervisor(Node):
         if self._new_policy() and p.eval_every_policy:
             self._start_evaluation()
             return
-        chunk = p.initial_steps if self.holds == 0 else p.steps_per_iteration
-        if self.real_steps - self._chunk_start_steps >= chunk:
-            self._hold('initial_steps' if self.holds == 0 else 'steps_per_iteration')
+        if self.holds == 0:
+            # Counted from the run's first step: a resumed run finishes its initial chunk.
+            if self.real_steps >= p.initial_steps:
+                self._hold('initial_steps')
+        elif self.real_steps - self._chunk_start_steps >= p.steps_per_iteration:
+            self._hold('steps_per_iteration')
 
     def _hold(self, reason: str) -> None:
         """Pause the plant and wait for a new policy (or a rejected model, or the timeout)."""
@@ -657,7 +747,7 @@ class RunSupervisor(Node):
             if p.eval_every_policy or self.real_steps >= p.budget:
                 self._start_evaluation()
                 return
-            self._release_policy()  # explores without an evaluation (eval_every_policy off)
+            self._release_policy(evaluation=False)  # explores unevaluated (eval_every_policy off)
         elif self.real_steps >= p.budget:
             if self.policy and self.policy.get('policy_version') != self.evaluated_policy_version:
                 self._start_evaluation()  # the latest policy still gets its evaluation
@@ -703,7 +793,7 @@ class RunSupervisor(Node):
         self.evaluating_policy = dict(self.policy)
         self.eval_returns = []
         if self.parameters.hold_for_policy:
-            self._release_policy()
+            self._release_policy(evaluation=True)
         self._switch(explore=False, then=self._evaluation_started)
 
     def _restart_evaluation(self) -> None:
@@ -717,7 +807,7 @@ class RunSupervisor(Node):
         self.evaluating_policy = dict(self.policy)
         self.eval_returns = []
         if self.parameters.hold_for_policy:
-            self._release_policy()
+            self._release_policy(evaluation=True)
         self._call(
             self.reset_client, Trigger.Request(), 'plant reset', then=self._evaluation_started
         )
@@ -843,6 +933,7 @@ class RunSupervisor(Node):
                     for e in self.evaluations
                 ],
                 'node_diagnostics': self.node_status,
+                'starts': self.starts,
                 'hold_for_policy': self.parameters.hold_for_policy,
                 'holds': self.holds,
                 'held_wall_time_s': self.held_wall_time
