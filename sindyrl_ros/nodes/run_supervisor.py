@@ -36,8 +36,10 @@ Resume (``resume`` true, ``sindyrl-ros train --resume <run dir>``): the run goes
 same run_dir after a crash or a stop. The real steps already spent come from the progress
 log and the recording (whichever counts more), the evaluations and holds from the progress
 log, and the policy last released there is not taken for a new one when the policy
-trainer republishes it; exploration goes on with it for a chunk, and the budget counts
-every earlier real step.
+trainer republishes it. A run resumed past its initial chunk starts with a hold (reason
+``resume``): the model updater refits on every recorded transition at once, and no real
+step is spent before the policy trained on that model comes. The budget counts every
+earlier real step.
 """
 
 from __future__ import annotations
@@ -254,6 +256,13 @@ class RunSupervisor(Node):
         self.starts = 1
         self._plant_steps_before = 0
         resumed = self._resume() if p.resume else None
+        # A resumed run past its initial chunk holds first: the model updater refits on
+        # everything recorded, and real steps are not spent before that model's policy.
+        self._hold_on_start = bool(
+            resumed is not None
+            and p.hold_for_policy
+            and (self.holds > 0 or self.real_steps >= p.initial_steps)
+        )
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
         self.waits = Waits(self, self.diagnostics, p.wait_report)
@@ -537,6 +546,9 @@ class RunSupervisor(Node):
             if not missing:
                 self.state = SWITCHING
                 calls = [self._set_mode_call(explore=True)]
+                if self._hold_on_start:
+                    self._chain(calls, then=lambda: self._hold('resume'))
+                    return
                 if p.hold_for_policy or self.pause_client.service_is_ready():
                     # The first real step is this run's: a plant started paused (or left
                     # paused by an earlier run) runs from here.

@@ -1,7 +1,8 @@
 """Chaos: kill -9 one node of a training run at a random moment, then `train --resume`.
 
-Six seeds, one per node (in a random order), each drawing the moment. The test process listens to the
-command topic over DDS the whole time (it is what reaches the plant) and checks:
+Seven seeds, one per node and one for the runner itself (in a random order), each drawing
+the moment. The test process listens to the command topic over DDS the whole time (it is
+what reaches the plant) and checks:
 
 - no command is ever non-finite or outside the task's limits, before, during or after the
   kill, nor in the resumed run;
@@ -13,7 +14,7 @@ command topic over DDS the whole time (it is what reaches the plant) and checks:
   (observations and actions in the MCAP segments, read as they were left) is still in the
   run's recording, unchanged.
 
-The budget and the surrogate training are small, so a run takes about a minute: what is
+The budget and the surrogate training are small, so a seed takes about half a minute: what is
 checked is safety and bookkeeping, not how well the pendulum is learned.
 """
 
@@ -34,7 +35,9 @@ from sindyrl_ros import graph
 
 pytestmark = pytest.mark.ros
 
-NODES = (
+# The runner itself (`sindyrl-ros train`) too: its nodes must stop when it is gone.
+VICTIMS = (
+    'runner',
     'plant',
     'sensor_ingestion',
     'controller',
@@ -65,7 +68,7 @@ def _recorded(run_dir) -> list[dict]:
     return sessions
 
 
-@pytest.mark.parametrize('seed', range(len(NODES)))
+@pytest.mark.parametrize('seed', range(len(VICTIMS)))
 def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishes(
     seed, ros_context, start_process, tmp_path
 ):
@@ -74,8 +77,8 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
 
     from sindyrl_ros.nodes.common import RELIABLE_QOS
 
-    # Six seeds: every node is killed once, in an order and at moments the seeds draw.
-    victim = random.Random(2026).sample(NODES, len(NODES))[seed]
+    # One seed per victim: each is killed once, in an order and at moments the seeds draw.
+    victim = random.Random(2026).sample(VICTIMS, len(VICTIMS))[seed]
     kill_after = random.Random(seed).randint(30, 350)  # commands seen before the kill
 
     task = yaml.safe_load(graph.task_config('pendulum').read_text())
@@ -120,15 +123,24 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
     )
     reached = spin_until(executor, lambda: len(commands) >= kill_after, timeout=180, step=0.05)
     assert reached, first.output()[-3000:]
-    pids = [pid for pid in _node_pids(first.process.pid) if _node_name(pid) == victim]
+    nodes = _node_pids(first.process.pid)
+    if victim == 'runner':
+        pids = [first.process.pid]
+    else:
+        pids = [pid for pid in nodes if _node_name(pid) == victim]
     assert len(pids) == 1, (victim, pids, first.output()[-2000:])
     os.kill(pids[0], signal.SIGKILL)
     killed_at = time.monotonic()
-    # The runner sees a node gone and stops the others (the controller: safe command first).
+    # The runner sees a node gone and stops the others (the controller: safe command first);
+    # a killed runner's nodes see their parent gone and stop themselves.
     assert spin_until(executor, lambda: not first.alive(), timeout=60, step=0.1), first.output()
+    assert spin_until(
+        executor, lambda: not any(_alive(pid) for pid in nodes), timeout=30, step=0.1
+    ), [pid for pid in nodes if _alive(pid)]
     spin_until(executor, lambda: False, timeout=1.0)  # what was in flight
     assert first.process.returncode not in (0, None), first.output()[-3000:]
-    assert f'node {victim} exited with code -9' in first.output(), first.output()[-3000:]
+    if victim != 'runner':
+        assert f'node {victim} exited with code -9' in first.output(), first.output()[-3000:]
     assert not bad_commands(), bad_commands()[:5]
     after_kill = [values for at, values in commands if at > killed_at]
     if victim == 'controller':
@@ -186,6 +198,15 @@ def _node_pids(runner: int) -> list[int]:
         if int(stat.rsplit(')', 1)[1].split()[1]) == runner:
             pids.append(int(entry.name))
     return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return False
+    return stat.rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
 
 
 def _node_name(pid: int) -> str | None:
