@@ -55,6 +55,7 @@ from sindyrl_ros.core.mcap_log import (
     read_recording,
     recover_recording,
 )
+from sindyrl_ros.core.protocol import FIT_STATE_NAMES, FitState
 from sindyrl_ros.core.reward import LEARNED_REWARD
 from sindyrl_ros.core.serialization import save_json_document
 from sindyrl_ros.nodes.common import (
@@ -75,6 +76,7 @@ from sindyrl_ros.nodes.common import (
     run_node,
     stamp_to_ns,
     task_from_parameters,
+    vector_message,
 )
 
 # task_from_parameters and highest_version moved to nodes.common; still importable from here.
@@ -82,6 +84,9 @@ _json_safe = json_safe
 
 # Every transition counts and a burst (a replayed log, a fit hogging the CPU) must not
 # overflow the reader: reliable like RELIABLE_QOS, with a deep queue.
+
+# Seconds between checks whether /sindyrl/fit_state changed (published only on a change).
+FIT_STATE_PERIOD_S = 0.2
 
 MODEL_UPDATER_PARAMETERS = [
     ParamSpec(
@@ -543,6 +548,11 @@ class ModelUpdater(Node):
         self.worker = FitWorker(p.fit_worker, p.fit_niceness)
 
         self.model_publisher = self.create_publisher(String, 'sindyrl/model', LATCHED_QOS)
+        # The run supervisor decides holds from this typed state, not from /diagnostics.
+        self.fit_state_publisher = self.create_publisher(
+            JointState, 'sindyrl/fit_state', LATCHED_QOS
+        )
+        self._published_fit_state: FitState | None = None
         self.create_subscription(
             JointState, 'sindyrl/observation', self._on_observation, TRANSITION_QOS
         )
@@ -553,6 +563,7 @@ class ModelUpdater(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(0.05, self._poll_fit, clock=steady)
         self.create_timer(p.flush_period, self._flush, clock=steady)
+        self.create_timer(FIT_STATE_PERIOD_S, self._publish_fit_state, clock=steady)
         self._update_counts()
         if earlier:
             self._pending_initial_fit = True
@@ -793,10 +804,35 @@ class ModelUpdater(Node):
         self.refits += 1
         self.diagnostics.counters['refits'] = self.refits
         self.diagnostics.set('fit_running', True)
+        self._publish_fit_state()
         self.get_logger().info(
             f'fit {self.refits} started: {self._explore} exploration transitions in '
             f'{len(trajectories)} trajectories'
         )
+
+    def fit_state(self) -> FitState:
+        """What this node's fitting is doing (published on /sindyrl/fit_state)."""
+        since_last = self._explore - self._explore_at_last_fit
+        to_refit = 0 if self._pending_initial_fit else self.parameters.refit_every - since_last
+        return FitState(
+            refits=self.refits,
+            models_accepted=self.accepted,
+            models_rejected=self.rejected,
+            fit_failures=self.fit_failures,
+            fit_running=self.worker.busy,
+            model_version=self.accepted,
+            transitions_explore=self._explore,
+            transitions_to_refit=max(0, to_refit),
+        )
+
+    def _publish_fit_state(self) -> None:
+        """Publish the fit state when it changed (latched: a late subscriber gets it)."""
+        state = self.fit_state()
+        if state == self._published_fit_state:
+            return
+        self._published_fit_state = state
+        stamp = self.get_clock().now().to_msg()
+        self.fit_state_publisher.publish(vector_message(FIT_STATE_NAMES, state.to_vector(), stamp))
 
     def _dyna_settings(self) -> dict:
         p = self.parameters
@@ -839,6 +875,7 @@ class ModelUpdater(Node):
             self.diagnostics.warnings.pop('fit', None)
             self._fit_finished(result)
         self._maybe_fit()  # data that arrived during the fit may already call for the next
+        self._publish_fit_state()
 
     def _fit_finished(self, result: dict) -> None:
         validation = result['validation']

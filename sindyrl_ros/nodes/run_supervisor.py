@@ -8,8 +8,9 @@ trains, so that no real step is spent waiting. When a policy trained on a model 
 than the current policy's source model arrives, it is evaluated and then explores
 (with the controller's exploration noise) for ``steps_per_iteration`` training steps,
 and the plant is held again; and so on. A hold also ends, and exploration goes on for
-another chunk, when the model updater reports on /diagnostics that its fit of the new
-data was rejected or failed (``model_rejected``), when no refit started at all
+another chunk, when the model updater's fit state (``/sindyrl/fit_state``, typed; see
+``core.protocol``) says its fit of the new data was rejected or failed
+(``model_rejected``) or that no refit started and more transitions are needed for one
 (``no_refit``: ``refit_every`` does not divide the chunk), or after ``hold_timeout``.
 Every mode switch happens while the plant is held (pause, set mode, reset, resume), so
 no episode mixes explore and evaluate steps. Holds and resumes go to progress.jsonl
@@ -53,12 +54,14 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from sindyrl_ros.core.mcap_log import LogFormatError, read_recording, recorded_steps
 from sindyrl_ros.core.policies import policy_from_json
 from sindyrl_ros.core.progress import RunHistory
+from sindyrl_ros.core.protocol import FitState, hold_outcome
 from sindyrl_ros.core.serialization import FormatError, save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
@@ -169,10 +172,10 @@ RUN_SUPERVISOR_PARAMETERS = [
     ),
 ]
 
-# A hold without any refit started by the model updater (seen on /diagnostics) for this
-# long ends: no model is coming. Far above the updater's reporting lag (about one
-# diagnostics period) after the chunk's last transition.
-NO_REFIT_GRACE_S = 10.0
+# Seconds into a hold after which the model updater's fit state counts the chunk's last
+# transitions (they travel to it, its state travels back: well under a second on one host),
+# so that "no refit started, more transitions needed" means none is coming.
+FIT_STATE_SETTLE_S = 1.0
 # Who offers each service the supervisor calls (said when it waits for one).
 SERVICE_OWNERS = {
     '/controller/set_mode': 'the controller',
@@ -245,7 +248,8 @@ class RunSupervisor(Node):
         # The policy last evaluated or sent exploring: a hold waits for a newer one.
         self._released_policy_version: Any = None
         self._released_model_version = 0  # model the released policy was trained on
-        self._updater_baseline = (0, 0)  # model updater (refits, failed fits) at chunk start
+        self.fit_state: FitState | None = None  # the model updater's, from /sindyrl/fit_state
+        self._chunk_fit_state: FitState | None = None  # ... when the chunk began
         # From sending /plant/pause false to its answer the plant already runs: episodes
         # ending meanwhile are handled once the state the resume leads to is set.
         self._resuming = False
@@ -286,6 +290,8 @@ class RunSupervisor(Node):
         self.create_subscription(String, 'sindyrl/episode', self._on_episode, RELIABLE_QOS)
         self.create_subscription(String, 'sindyrl/model', self._on_model, LATCHED_QOS)
         self.create_subscription(String, 'sindyrl/policy', self._on_policy, LATCHED_QOS)
+        self.create_subscription(JointState, 'sindyrl/fit_state', self._on_fit_state, LATCHED_QOS)
+        # Kept for the summary (people read it); no decision is taken from /diagnostics.
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         # Steady clock: sim time stands still while a lockstep plant waits, and the
         # start-up and the time limits must not depend on it.
@@ -516,6 +522,14 @@ class RunSupervisor(Node):
             else:
                 self._restart_pending = True
 
+    def _on_fit_state(self, message: JointState) -> None:
+        try:
+            self.fit_state = FitState.from_vector(message.name, message.position)
+        except ValueError as error:
+            self.diagnostics.reject('malformed_fit_state', f'sindyrl/fit_state: {error}')
+            return
+        self._check_hold()
+
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         for status in message.status:
             if status.name == self.get_fully_qualified_name():
@@ -636,8 +650,7 @@ class RunSupervisor(Node):
     def _start_chunk(self) -> None:
         """Exploration chunk starts: its steps count from here, updater counts from now."""
         self._chunk_start_steps = self.real_steps
-        counts = self._updater_counts()
-        self._updater_baseline = (counts[0], counts[1]) if counts else (0, 0)
+        self._chunk_fit_state = self.fit_state
 
     def _after_exploration_episode_holding(self) -> None:
         """At an exploration episode's end: evaluate a new policy, hold, or go on exploring."""
@@ -697,46 +710,17 @@ class RunSupervisor(Node):
         if reason is not None:
             self._release(reason)
 
-    def _updater_counts(self) -> tuple[int, int, bool, int] | None:
-        """The model updater's (refits, rejected + failed fits, fit running, model version).
-
-        From its latest /diagnostics status; None before the first one.
-        """
-        namespace = self.get_namespace().rstrip('/')
-        status = self.node_status.get(f'{namespace}/model_updater')
-        if status is None:
-            return None
-        values = status['values']
-        try:
-            return (
-                int(values.get('refits', 0)),
-                int(values.get('models_rejected', 0)) + int(values.get('fit_failures', 0)),
-                values.get('fit_running') == 'True',
-                int(values.get('model_version', 0)),
-            )
-        except ValueError:
-            return None
-
     def _update_failed(self) -> str | None:
-        """Why no policy will come for the data explored since the last release, or None.
+        """Why no policy will come for the data explored since the chunk began, or None.
 
-        ``model_rejected``: a refit started in this chunk, the updater is idle, one of its
-        fits since was rejected or failed and no model newer than the released policy's is
-        accepted (an accepted one is being trained on: its policy is coming).
-        ``no_refit``: no refit started at all, ``NO_REFIT_GRACE_S`` into the hold.
+        The model updater's typed fit state decides (core.protocol.hold_outcome):
+        ``model_rejected`` when its fit of the chunk's data gave no model, ``no_refit``
+        when no fit started and more transitions are needed before one does.
         """
-        counts = self._updater_counts()
-        if counts is None:
-            return None
-        refits, failures, running, accepted = counts
-        base_refits, base_failures = self._updater_baseline
-        if running or accepted > self._released_model_version:
-            return None
-        if refits > base_refits and failures > base_failures:
-            return 'model_rejected'
-        if refits == base_refits and time.monotonic() - self._hold_started >= NO_REFIT_GRACE_S:
-            return 'no_refit'
-        return None
+        settled = time.monotonic() - self._hold_started >= FIT_STATE_SETTLE_S
+        return hold_outcome(
+            self.fit_state, self._chunk_fit_state, self._released_model_version, settled
+        )
 
     def _release(self, reason: str) -> None:
         """End the hold: evaluate the new policy, or explore another chunk, or finish."""

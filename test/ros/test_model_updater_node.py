@@ -77,6 +77,15 @@ class UpdaterProbe(NodeStatusProbe):
             lambda m: self.cards.append(json.loads(m.data)),
             LATCHED_QOS,
         )
+        self.fit_states = []
+        self.node.create_subscription(
+            JointState, '/sindyrl/fit_state', self._on_fit_state, LATCHED_QOS
+        )
+
+    def _on_fit_state(self, message):
+        from sindyrl_ros.core.protocol import FitState
+
+        self.fit_states.append(FitState.from_vector(message.name, message.position))
 
     def connected(self, timeout=30.0):
         return self.spin_until(
@@ -186,6 +195,15 @@ def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_
     np.testing.assert_allclose(predicted, first_obs[1:], atol=0.05)
     saved = json.loads((run_dir / 'models' / 'model_1.json').read_text())
     assert saved == card
+    # The typed fit state the run supervisor decides holds from: one fit, accepted, and
+    # another 300 exploration transitions needed before the next.
+    from sindyrl_ros.core.protocol import FitState
+
+    done = FitState(1, 1, 0, 0, False, 1, 300, 300)
+    assert probe.spin_until(lambda: probe.fit_states and probe.fit_states[-1] == done, 10), (
+        probe.fit_states[-3:]
+    )
+    assert any(state.fit_running for state in probe.fit_states)
 
     # Stopping closes the recording: complete MCAP segments with everything that was sent.
     assert updater.stop() == 0, updater.output()

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from ros_testing import NodeStatusProbe, diagnostic_array
+from ros_testing import NodeStatusProbe
 
 pytestmark = pytest.mark.ros
 
@@ -38,10 +38,10 @@ def policy_document(version: int, sparse_coefficients: int, source_model: int = 
 
 class StandIns(NodeStatusProbe):
     """The controller's set_mode, the plant's reset and pause services, the plant's episodes,
-    the model updater's /diagnostics."""
+    the model updater's fit state."""
 
     def __init__(self, context, executor, pause=True):
-        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import JointState
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
@@ -53,7 +53,7 @@ class StandIns(NodeStatusProbe):
         self.node.create_service(Trigger, '/plant/reset', self._on_reset)
         if pause:
             self.node.create_service(SetBool, '/plant/pause', self._on_pause)
-        self.updater_diagnostics = self.node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.fit_state = self.node.create_publisher(JointState, '/sindyrl/fit_state', LATCHED_QOS)
         self.episodes = self.node.create_publisher(String, '/sindyrl/episode', RELIABLE_QOS)
         self.models = self.node.create_publisher(String, '/sindyrl/model', LATCHED_QOS)
         self.policies = self.node.create_publisher(String, '/sindyrl/policy', LATCHED_QOS)
@@ -76,8 +76,13 @@ class StandIns(NodeStatusProbe):
         return response
 
     def updater_status(self, **values):
-        """What the model updater reports on /diagnostics (its counters and values)."""
-        self.updater_diagnostics.publish(diagnostic_array('/model_updater', values))
+        """The model updater's typed fit state (/sindyrl/fit_state); unnamed fields 0."""
+        from sindyrl_ros.core.protocol import FIT_STATE_NAMES, FitState
+        from sindyrl_ros.nodes.common import vector_message
+
+        state = FitState(**values)
+        stamp = self.node.get_clock().now().to_msg()
+        self.fit_state.publish(vector_message(FIT_STATE_NAMES, state.to_vector(), stamp))
 
     def episode(self, mode, episode_return, length=200, end='episode_length', last=False):
         from std_msgs.msg import String
@@ -359,6 +364,33 @@ def test_hold_times_out_and_the_budget_ends_the_run(ros_context, start_process, 
     events = read_events(run_dir)
     assert [e['reason'] for e in events if e['event'] == 'hold'] == ['initial_steps', 'budget']
     assert [e['reason'] for e in events if e['event'] == 'resume'] == ['hold_timeout'] * 2
+    graph.destroy()
+
+
+def test_a_hold_no_refit_will_answer_ends_at_once_not_after_the_timeout(
+    ros_context, start_process, tmp_path
+):
+    """The chunk ended before the updater had refit_every transitions: its typed fit state
+    says so (no fit started, transitions still needed), and exploring goes on at once."""
+    context, executor = ros_context
+    run_dir = tmp_path / 'run'
+    supervisor = start_process(
+        supervisor_command(run_dir, 'budget:=1000', 'hold_timeout:=600.0', 'initial_steps:=150'),
+        name='run_supervisor',
+    )
+    graph = StandIns(context, executor)
+    assert graph.spin_until(lambda: graph.calls == ['explore', 'resume'], 30), supervisor.output()
+    assert graph.spin_until(lambda: graph.episodes.get_subscription_count() > 0, 20)
+    graph.updater_status(transitions_explore=200, transitions_to_refit=100)
+    graph.episode('explore', -1200.0)
+    assert graph.spin_until(lambda: graph.calls[-1] == 'pause', 30)
+    assert graph.spin_until(lambda: graph.calls[-1] == 'resume', 30), supervisor.output()
+    events = read_events(run_dir)
+    [resume] = [e for e in events if e['event'] == 'resume']
+    assert resume['reason'] == 'no_refit'
+    # Released once the updater's state had settled: a second or so, not hold_timeout.
+    assert 0.9 <= resume['held_s'] < 60.0, resume
+    assert supervisor.stop() == 0, supervisor.output()
     graph.destroy()
 
 
