@@ -1,10 +1,28 @@
-"""Decisions of the Dyna protocol that need no ROS: what the model updater's fit state means
-for a held plant.
+"""The Dyna protocol, written once: explore, hold, evaluate, finish, as decisions without ROS.
 
-The run supervisor holds the plant after a chunk of exploration and waits for a policy
-trained on the new data. Whether one is coming is the model updater's to say, and it says it
-on a typed channel (``/sindyrl/fit_state``, a :class:`FitState` as a named vector), never in
-``/diagnostics`` strings, which are for people and monitors:
+Both the run supervisor (which turns each decision into service calls on the graph) and
+``core.dyna.run_dyna`` (which benchmarks the loop on a gymnasium plant) drive
+:class:`DynaProtocol`, so what the benchmarks measure is what the graph does:
+
+- **Episodes stay whole.** Decisions are taken at the end of an exploration episode: the
+  plant is held, or an evaluation starts, only between episodes.
+- **Chunks.** Random actions (no policy yet) for ``initial_steps`` real training steps,
+  counted from the run's first step; then ``steps_per_iteration`` steps with each released
+  policy (plus exploration noise, :func:`exploration_scale`), each chunk ending at the
+  first episode end at or past its length.
+- **Hold.** After a chunk the plant is held until a policy trained on a model newer than
+  the released policy's comes (``policy``), the model updater says none will
+  (``model_rejected``, ``no_refit``: see :func:`hold_outcome`), or ``hold_timeout``
+  passes. A rejected model is never trained on: exploring goes on with the policy there
+  is (random actions before the first).
+- **Evaluate** every new policy (``eval_every_policy``) before it explores; the run ends at
+  the threshold (``stop_at_threshold``) or when the real-step budget is spent, the last
+  policy evaluated first.
+
+The model updater's part in it: whether a policy is coming for a held plant is the model
+updater's to say, and it says it on a typed channel (``/sindyrl/fit_state``, a
+:class:`FitState` as a named vector), never in ``/diagnostics`` strings, which are for
+people and monitors:
 
 - a fit of the chunk's data is running, or a model newer than the released policy's is
   accepted: its policy is coming, keep holding;
@@ -20,8 +38,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 import math
+from typing import Any, NamedTuple
 
-__all__ = ['FIT_STATE_NAMES', 'FitState', 'hold_outcome']
+import numpy as np
+
+__all__ = [
+    'CONTINUE',
+    'EVALUATE',
+    'EXPLORE',
+    'FINISH',
+    'FIT_STATE_NAMES',
+    'HOLD',
+    'Decision',
+    'DynaProtocol',
+    'FitState',
+    'ProtocolSettings',
+    'exploration_scale',
+    'hold_outcome',
+]
+
+# What to do next.
+CONTINUE = 'continue'  # go on exploring
+HOLD = 'hold'  # pause the plant and wait (reason: why the chunk ended)
+EVALUATE = 'evaluate'  # evaluate the newest policy
+EXPLORE = 'explore'  # (after a hold or an evaluation) explore a new chunk
+FINISH = 'finish'  # the run is over (reason: threshold, budget)
 
 
 @dataclass(frozen=True)
@@ -132,3 +173,202 @@ def hold_outcome(
     if state.refits == start.refits and settled and state.transitions_to_refit > 0:
         return 'no_refit'
     return None
+
+
+def exploration_scale(noise: float, low: Sequence[float], high: Sequence[float]) -> np.ndarray:
+    """Standard deviation of the exploration noise per action: ``noise`` times half the range.
+
+    The one meaning of ``exploration_noise``, for the controller and ``run_dyna`` alike:
+    0.1 on a torque limited to ±2 N·m is a 0.2 N·m standard deviation.
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,)
+    """
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return float(noise) * 0.5 * (high - low)
+
+
+class Decision(NamedTuple):
+    """What to do next (:data:`CONTINUE`, :data:`HOLD`, :data:`EVALUATE`, :data:`EXPLORE`,
+    :data:`FINISH`) and why; ``release`` asks the owner to release the policy unevaluated."""
+
+    action: str
+    reason: str = ''
+    release: bool = False
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """The protocol's settings (the run supervisor's parameters of the same names)."""
+
+    budget: int
+    threshold: float
+    initial_steps: int = 200
+    steps_per_iteration: int = 200
+    eval_every_policy: bool = True
+    hold_for_policy: bool = True
+    stop_at_threshold: bool = True
+
+
+class DynaProtocol:
+    """The explore / hold / evaluate decisions of a Dyna run, and the little state they need.
+
+    The owner counts real training steps (its plant knows them) and passes them in; the
+    protocol keeps the chunk, the holds, the newest policy and the one last released.
+
+    Parameters
+    ----------
+    settings : ProtocolSettings
+    real_steps : int
+        Real training steps already spent (a resumed run's).
+    holds : int
+        Holds already made (a resumed run's: past the initial chunk).
+    released_policy, released_model : optional
+        The policy last evaluated or released, and the model it was trained on.
+    evaluated_policy : optional
+        The policy evaluated last.
+    """
+
+    def __init__(
+        self,
+        settings: ProtocolSettings,
+        real_steps: int = 0,
+        holds: int = 0,
+        released_policy: Any = None,
+        released_model: int = 0,
+        evaluated_policy: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.holds = int(holds)
+        self.chunk_start = int(real_steps)
+        self.released_policy = released_policy
+        self.released_model = int(released_model)
+        self.evaluated_policy = evaluated_policy
+        self.policy: Any = None  # newest policy version known
+        self.policy_model: int | None = None  # the model it was trained on
+        self.steps_to_threshold: int | None = None
+        self.reached = False
+        self.fit_state: FitState | None = None  # the model updater's latest, set by the owner
+        self.chunk_fit_state: FitState | None = None  # ... when the chunk began
+
+    # -- facts -----------------------------------------------------------------------
+    def policy_arrived(self, version: Any, source_model: Any) -> None:
+        """A policy was published (version, and the model version it was trained on)."""
+        self.policy = version
+        self.policy_model = source_model if isinstance(source_model, int) else None
+
+    def new_policy(self) -> bool:
+        """Whether the newest policy is newer than the one last evaluated or released.
+
+        Newer means another version trained on a newer model: a policy retrained on the
+        same model has not seen the data explored since.
+        """
+        if self.policy is None or self.policy == self.released_policy:
+            return False
+        if self.policy_model is not None and self.released_policy is not None:
+            return self.policy_model > self.released_model
+        return True
+
+    def unevaluated(self) -> bool:
+        """Whether a policy exists that was never evaluated."""
+        return self.policy is not None and self.policy != self.evaluated_policy
+
+    def release_policy(self, real_steps: int, fallback_model: int = 0) -> None:
+        """The newest policy explores (evaluated or not): later holds wait for a newer one."""
+        self.released_policy = self.policy
+        self.released_model = (
+            self.policy_model if self.policy_model is not None else fallback_model
+        )
+        self.start_chunk(real_steps)
+
+    def start_chunk(self, real_steps: int) -> None:
+        """A chunk of exploration starts: its steps and the updater's fits count from here."""
+        self.chunk_start = int(real_steps)
+        self.chunk_fit_state = self.fit_state
+
+    def held(self) -> None:
+        """The plant is held (the pause took effect)."""
+        self.holds += 1
+
+    # -- decisions -------------------------------------------------------------------
+    def explore_started(self) -> bool:
+        """Exploring (again): whether to evaluate the newest policy at the episode's end."""
+        s = self.settings
+        if not s.eval_every_policy:
+            return False
+        return self.new_policy() if s.hold_for_policy else self.unevaluated()
+
+    def after_exploration_episode(self, real_steps: int, awaiting_evaluation: bool) -> Decision:
+        """An exploration episode ended whole: hold, evaluate, finish or go on.
+
+        ``awaiting_evaluation``: a new policy came while the episode ran (free running).
+        """
+        s = self.settings
+        if not s.hold_for_policy:
+            if real_steps >= s.budget:
+                # The final policy still gets its evaluation.
+                return Decision(EVALUATE) if self.unevaluated() else Decision(FINISH, 'budget')
+            if awaiting_evaluation and self.unevaluated():
+                return Decision(EVALUATE)
+            return Decision(CONTINUE)
+        if real_steps >= s.budget:
+            # Evaluated, then the run ends; else the policy trained on the last chunk next.
+            return Decision(EVALUATE) if self.new_policy() else Decision(HOLD, 'budget')
+        if self.new_policy() and s.eval_every_policy:
+            return Decision(EVALUATE)
+        if self.holds == 0:
+            # Counted from the run's first step: a resumed run finishes its initial chunk.
+            if real_steps >= s.initial_steps:
+                return Decision(HOLD, 'initial_steps')
+        elif real_steps - self.chunk_start >= s.steps_per_iteration:
+            return Decision(HOLD, 'steps_per_iteration')
+        return Decision(CONTINUE)
+
+    def release_reason(self, settled: bool, timed_out: bool) -> str | None:
+        """While holding: why the hold ends now, or None to go on holding.
+
+        ``policy`` (a new one came), what the model updater's fit state says
+        (:func:`hold_outcome`; ``settled``: long enough into the hold for it to count the
+        chunk's last transitions), or ``hold_timeout`` (``timed_out``).
+        """
+        if self.new_policy():
+            return 'policy'
+        outcome = hold_outcome(self.fit_state, self.chunk_fit_state, self.released_model, settled)
+        if outcome is not None:
+            return outcome
+        return 'hold_timeout' if timed_out else None
+
+    def after_release(self, reason: str, real_steps: int) -> Decision:
+        """The hold ended for ``reason``: evaluate, explore another chunk, or finish."""
+        s = self.settings
+        if reason == 'policy':
+            if s.eval_every_policy or real_steps >= s.budget:
+                return Decision(EVALUATE)
+            return Decision(EXPLORE, release=True)  # explores unevaluated
+        if real_steps >= s.budget:
+            # The latest policy still gets its evaluation.
+            return Decision(EVALUATE) if self.unevaluated() else Decision(FINISH, 'budget')
+        self.start_chunk(real_steps)  # another chunk with the policy there is (or random)
+        return Decision(EXPLORE)
+
+    def evaluation_started(self, real_steps: int, fallback_model: int = 0) -> bool:
+        """The newest policy is being evaluated; True when that released it (held runs:
+        the next chunk explores with it, and the next hold waits for a newer one)."""
+        if not self.settings.hold_for_policy:
+            return False
+        self.release_policy(real_steps, fallback_model)
+        return True
+
+    def evaluation_done(self, policy: Any, mean_return: float, real_steps: int) -> Decision:
+        """An evaluation of ``policy`` ended with ``mean_return``: finish or explore on."""
+        s = self.settings
+        self.evaluated_policy = policy
+        if mean_return >= s.threshold and not self.reached:
+            self.reached = True
+            self.steps_to_threshold = int(real_steps)
+        if mean_return >= s.threshold and s.stop_at_threshold:
+            return Decision(FINISH, 'threshold')
+        if real_steps >= s.budget:
+            return Decision(FINISH, 'budget')
+        return Decision(EXPLORE)

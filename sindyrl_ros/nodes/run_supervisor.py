@@ -58,10 +58,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+from sindyrl_ros.core import protocol as dyna
 from sindyrl_ros.core.mcap_log import LogFormatError, read_recording, recorded_steps
 from sindyrl_ros.core.policies import policy_from_json
 from sindyrl_ros.core.progress import RunHistory
-from sindyrl_ros.core.protocol import FitState, hold_outcome
+from sindyrl_ros.core.protocol import Decision, DynaProtocol, FitState, ProtocolSettings
 from sindyrl_ros.core.serialization import FormatError, save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
@@ -227,29 +228,21 @@ class RunSupervisor(Node):
         self.evaluations: list[dict] = []
         self.model: dict = {}
         self.policy: dict = {}
-        self.evaluated_policy_version: int | None = None
         self.evaluating_policy: dict = {}
         self._to_evaluation = False  # from the switch to evaluate mode until its result
         self._restart_pending = False
         self.stop_reason = ''
-        self.reached = False
-        self.steps_to_threshold: int | None = None
         self.node_status: dict[str, dict] = {}
         self._pending_calls: list[tuple[Any, Any, str, float]] = []
 
         self._summary_written = False
-        # Synchronous Dyna bookkeeping (hold_for_policy).
-        self.holds = 0
+        # The protocol's decisions (explore, hold, evaluate, finish) are core.protocol's;
+        # this node turns them into service calls and keeps the time of the holds.
+        self.protocol = DynaProtocol(self._protocol_settings())
         self.held_wall_time = 0.0
         self._hold_started: float | None = None
         self._hold_reason = ''
         self._plant_paused = False
-        self._chunk_start_steps = 0  # real_steps when the current exploration chunk began
-        # The policy last evaluated or sent exploring: a hold waits for a newer one.
-        self._released_policy_version: Any = None
-        self._released_model_version = 0  # model the released policy was trained on
-        self.fit_state: FitState | None = None  # the model updater's, from /sindyrl/fit_state
-        self._chunk_fit_state: FitState | None = None  # ... when the chunk began
         # From sending /plant/pause false to its answer the plant already runs: episodes
         # ending meanwhile are handled once the state the resume leads to is set.
         self._resuming = False
@@ -325,6 +318,29 @@ class RunSupervisor(Node):
             f'writing to {self.run_dir}'
         )
 
+    def _protocol_settings(self) -> ProtocolSettings:
+        p = self.parameters
+        return ProtocolSettings(
+            budget=p.budget,
+            threshold=self.threshold,
+            initial_steps=p.initial_steps,
+            steps_per_iteration=p.steps_per_iteration,
+            eval_every_policy=p.eval_every_policy,
+            hold_for_policy=p.hold_for_policy,
+        )
+
+    @property
+    def holds(self) -> int:
+        return self.protocol.holds
+
+    @property
+    def reached(self) -> bool:
+        return self.protocol.reached
+
+    @property
+    def steps_to_threshold(self) -> int | None:
+        return self.protocol.steps_to_threshold
+
     # ------------------------------------------------------------------ resume
 
     def _resume(self) -> dict:
@@ -357,13 +373,15 @@ class RunSupervisor(Node):
         self._plant_steps_before = max(history.real_steps, recorded_training) + self.eval_steps
         self.plant_steps = self._plant_steps_before
         self.evaluations = list(history.evaluations)
-        if self.evaluations:
-            self.evaluated_policy_version = self.evaluations[-1]['policy_version']
-        self.holds = history.holds
         self.held_wall_time = history.held_wall_time_s
-        self._released_policy_version = history.released_policy_version
-        self._released_model_version = history.released_model_version
-        self._chunk_start_steps = self.real_steps
+        self.protocol = DynaProtocol(
+            self._protocol_settings(),
+            real_steps=self.real_steps,
+            holds=history.holds,
+            released_policy=history.released_policy_version,
+            released_model=history.released_model_version,
+            evaluated_policy=self.evaluations[-1]['policy_version'] if self.evaluations else None,
+        )
         self.starts = history.starts + 1
         if history.skipped_lines:
             self.get_logger().warning(
@@ -377,7 +395,7 @@ class RunSupervisor(Node):
             'progress_real_steps': history.real_steps,
             'evaluations': len(self.evaluations),
             'holds': self.holds,
-            'released_policy_version': self._released_policy_version,
+            'released_policy_version': self.protocol.released_policy,
         }
 
     # ------------------------------------------------------------------ accounting
@@ -508,6 +526,9 @@ class RunSupervisor(Node):
             'sparse_policy_coefficients': metadata.get('sparse_policy_coefficients'),
             'surrogate_return': metadata.get('surrogate_return'),
         }
+        self.protocol.policy_arrived(
+            self.policy['policy_version'], self.policy['source_model_version']
+        )
         self._event('policy', **self.policy)
         self._log_progress(f'policy {self.policy["policy_version"]} received')
         if self.state == HOLDING:
@@ -524,7 +545,7 @@ class RunSupervisor(Node):
 
     def _on_fit_state(self, message: JointState) -> None:
         try:
-            self.fit_state = FitState.from_vector(message.name, message.position)
+            self.protocol.fit_state = FitState.from_vector(message.name, message.position)
         except ValueError as error:
             self.diagnostics.reject('malformed_fit_state', f'sindyrl/fit_state: {error}')
             return
@@ -587,144 +608,76 @@ class RunSupervisor(Node):
         self.state = EXPLORE
         self._event('mode', mode='explore')
         self._log_progress('exploring')
-        if self.parameters.hold_for_policy:
-            if self.parameters.eval_every_policy and self._new_policy():
-                self.state = WAIT_EPISODE_END
-        elif (
-            self.policy
-            and self.parameters.eval_every_policy
-            and (self.policy.get('policy_version') != self.evaluated_policy_version)
-        ):
-            self.state = WAIT_EPISODE_END
+        if self.protocol.explore_started():
+            self.state = WAIT_EPISODE_END  # evaluate the new policy once the episode ends
 
     def _after_exploration_episode(self) -> None:
-        p = self.parameters
-        if p.hold_for_policy:
-            self._after_exploration_episode_holding()
-            return
-        unevaluated = bool(self.policy) and (
-            self.policy.get('policy_version') != self.evaluated_policy_version
+        decision = self.protocol.after_exploration_episode(
+            self.real_steps, awaiting_evaluation=self.state == WAIT_EPISODE_END
         )
-        if self.real_steps >= p.budget:
-            if unevaluated:
-                self._start_evaluation()  # the final policy still gets its evaluation
-            else:
-                self._finish('budget')
-            return
-        if self.state == WAIT_EPISODE_END and unevaluated:
+        self._act(decision)
+
+    def _act(self, decision: Decision) -> None:
+        """Carry out a decision of the protocol (except EXPLORE, whose calls vary)."""
+        if decision.action == dyna.EVALUATE:
             self._start_evaluation()
+        elif decision.action == dyna.HOLD:
+            self._hold(decision.reason)
+        elif decision.action == dyna.FINISH:
+            self._finish(decision.reason)
+        elif decision.action != dyna.CONTINUE:
+            raise ValueError(f'unexpected decision {decision}')
 
     # ------------------------------------------------------------------ synchronous Dyna
 
-    def _new_policy(self) -> bool:
-        """Whether the current policy is newer than the one last evaluated or released.
-
-        Newer means another version trained on a newer model: a policy retrained on the
-        same model would not have seen the data explored since.
-        """
-        if not self.policy:
-            return False
-        version = self.policy.get('policy_version')
-        if version == self._released_policy_version:
-            return False
-        source = self.policy.get('source_model_version')
-        if isinstance(source, int) and self._released_policy_version is not None:
-            return source > self._released_model_version
-        return True
-
     def _release_policy(self, evaluation: bool) -> None:
-        """The current policy is now evaluated or exploring: later holds wait for a newer one."""
-        self._released_policy_version = self.policy.get('policy_version')
-        source = self.policy.get('source_model_version')
-        self._released_model_version = (
-            source if isinstance(source, int) else int(self.model.get('model_version', 0))
-        )
+        """Log the release of the newest policy (evaluated or sent exploring)."""
         self._event(
             'release',
-            policy_version=self._released_policy_version,
-            source_model_version=self._released_model_version,
+            policy_version=self.protocol.released_policy,
+            source_model_version=self.protocol.released_model,
             evaluation=evaluation,
         )
-        self._start_chunk()
-
-    def _start_chunk(self) -> None:
-        """Exploration chunk starts: its steps count from here, updater counts from now."""
-        self._chunk_start_steps = self.real_steps
-        self._chunk_fit_state = self.fit_state
-
-    def _after_exploration_episode_holding(self) -> None:
-        """At an exploration episode's end: evaluate a new policy, hold, or go on exploring."""
-        p = self.parameters
-        if self.real_steps >= p.budget:
-            if self._new_policy():
-                self._start_evaluation()  # evaluated, then the run ends on the budget
-            else:
-                self._hold('budget')  # the policy trained on the last chunk comes next
-            return
-        if self._new_policy() and p.eval_every_policy:
-            self._start_evaluation()
-            return
-        if self.holds == 0:
-            # Counted from the run's first step: a resumed run finishes its initial chunk.
-            if self.real_steps >= p.initial_steps:
-                self._hold('initial_steps')
-        elif self.real_steps - self._chunk_start_steps >= p.steps_per_iteration:
-            self._hold('steps_per_iteration')
 
     def _hold(self, reason: str) -> None:
         """Pause the plant and wait for a new policy (or a rejected model, or the timeout)."""
         self.state = SWITCHING
-        chunk_steps = self.real_steps - self._chunk_start_steps
+        chunk_steps = self.real_steps - self.protocol.chunk_start
 
         def held() -> None:
             self.state = HOLDING
-            self.holds += 1
+            self.protocol.held()
             self._hold_started = time.monotonic()
             self._hold_reason = reason
             self._event(
                 'hold',
                 reason=reason,
                 chunk_steps=chunk_steps,
-                waiting_for_model_newer_than=self._released_model_version,
+                waiting_for_model_newer_than=self.protocol.released_model,
             )
             self.diagnostics.set('holds', self.holds)
             self._log_progress(
                 f'plant held ({reason}) after {chunk_steps} training steps: waiting for a '
-                f'policy trained on a model newer than {self._released_model_version}'
+                f'policy trained on a model newer than {self.protocol.released_model}'
             )
             self._check_hold()  # the policy may have come meanwhile
 
         self._call(self.pause_client, SetBool.Request(data=True), 'plant pause', then=held)
 
     def _check_hold(self) -> None:
-        """While holding: release on a new policy, a failed update or the timeout."""
+        """While holding: release on a new policy, the updater's word, or the timeout."""
         if self.state != HOLDING:
             return
-        if self._new_policy():
-            self._release('policy')
-            return
-        reason = self._update_failed()
+        held = time.monotonic() - self._hold_started
         timeout = self.parameters.hold_timeout
-        if reason is None and timeout and time.monotonic() - self._hold_started >= timeout:
-            reason = 'hold_timeout'
+        reason = self.protocol.release_reason(
+            settled=held >= FIT_STATE_SETTLE_S, timed_out=bool(timeout) and held >= timeout
+        )
         if reason is not None:
             self._release(reason)
 
-    def _update_failed(self) -> str | None:
-        """Why no policy will come for the data explored since the chunk began, or None.
-
-        The model updater's typed fit state decides (core.protocol.hold_outcome):
-        ``model_rejected`` when its fit of the chunk's data gave no model, ``no_refit``
-        when no fit started and more transitions are needed before one does.
-        """
-        settled = time.monotonic() - self._hold_started >= FIT_STATE_SETTLE_S
-        return hold_outcome(
-            self.fit_state, self._chunk_fit_state, self._released_model_version, settled
-        )
-
     def _release(self, reason: str) -> None:
         """End the hold: evaluate the new policy, or explore another chunk, or finish."""
-        p = self.parameters
         held = time.monotonic() - self._hold_started
         self.held_wall_time += held
         self._hold_started = None
@@ -739,20 +692,18 @@ class RunSupervisor(Node):
         self.diagnostics.set('held_wall_time_s', round(self.held_wall_time, 3))
         self._log_progress(f'hold over ({reason}) after {held:.1f} s')
         self.state = SWITCHING
-        if reason == 'policy':
-            if p.eval_every_policy or self.real_steps >= p.budget:
-                self._start_evaluation()
-                return
-            self._release_policy(evaluation=False)  # explores unevaluated (eval_every_policy off)
-        elif self.real_steps >= p.budget:
-            if self.policy and self.policy.get('policy_version') != self.evaluated_policy_version:
-                self._start_evaluation()  # the latest policy still gets its evaluation
-            else:
-                self._finish('budget')
+        decision = self.protocol.after_release(reason, self.real_steps)
+        if decision.action != dyna.EXPLORE:
+            self._act(decision)
             return
-        else:
-            self._start_chunk()  # another chunk with the current policy (or random actions)
+        if decision.release:  # explores unevaluated (eval_every_policy off)
+            self.protocol.release_policy(self.real_steps, self._model_version())
+            self._release_policy(evaluation=False)
         self._chain([self._pause_call(False)], then=self._explore_started)
+
+    def _model_version(self) -> int:
+        """The newest accepted model's version (0: none yet)."""
+        return int(self.model.get('model_version', 0) or 0)
 
     def _set_mode_call(self, explore: bool) -> tuple:
         what = 'explore mode' if explore else 'evaluate mode'
@@ -788,7 +739,7 @@ class RunSupervisor(Node):
         self._restart_pending = False
         self.evaluating_policy = dict(self.policy)
         self.eval_returns = []
-        if self.parameters.hold_for_policy:
+        if self.protocol.evaluation_started(self.real_steps, self._model_version()):
             self._release_policy(evaluation=True)
         self._switch(explore=False, then=self._evaluation_started)
 
@@ -802,7 +753,7 @@ class RunSupervisor(Node):
         self._restart_pending = False
         self.evaluating_policy = dict(self.policy)
         self.eval_returns = []
-        if self.parameters.hold_for_policy:
+        if self.protocol.evaluation_started(self.real_steps, self._model_version()):
             self._release_policy(evaluation=True)
         self._call(
             self.reset_client, Trigger.Request(), 'plant reset', then=self._evaluation_started
@@ -824,13 +775,14 @@ class RunSupervisor(Node):
         returns = self.eval_returns[: p.eval_episodes]
         mean = sum(returns) / len(returns)
         self._to_evaluation = False
-        self.evaluated_policy_version = self.evaluating_policy.get('policy_version')
+        version = self.evaluating_policy.get('policy_version')
+        decision = self.protocol.evaluation_done(version, mean, self.real_steps)
         evaluation = {
             'real_steps': self.real_steps,
             'eval_steps': self.eval_steps,
             'eval_return_mean': mean,
             'eval_returns': returns,
-            'policy_version': self.evaluated_policy_version,
+            'policy_version': version,
             'source_model_version': self.evaluating_policy.get('source_model_version'),
             'model_version': self.model.get('model_version'),
             'wall_time_s': time.monotonic() - self.started,
@@ -840,16 +792,12 @@ class RunSupervisor(Node):
             'evaluation',
             **{k: v for k, v in evaluation.items() if k not in ('real_steps', 'eval_steps')},
         )
-        self._log_progress(f'evaluation of policy {self.evaluated_policy_version}: {mean:.2f}')
-        if mean >= self.threshold:
-            self.reached = True
-            self.steps_to_threshold = self.real_steps
-            self._finish('threshold')
-        elif self.real_steps >= p.budget:
-            self._finish('budget')
-        else:
+        self._log_progress(f'evaluation of policy {version}: {mean:.2f}')
+        if decision.action == dyna.EXPLORE:
             self.state = SWITCHING
             self._switch(explore=True, then=self._explore_started)
+        else:
+            self._act(decision)
 
     def _call(self, client, request, what: str, then) -> None:
         """Call a service without blocking the executor; ``then()`` runs on success."""
