@@ -9,6 +9,10 @@ offline use:
 3. SAC on the batched SINDy surrogate, episodes started from recorded real states;
 4. a few real episodes with the current policy plus exploration noise; back to 2.
 
+When to collect, fit, evaluate and stop is decided by :class:`core.protocol.DynaProtocol`,
+the same object the run supervisor of the ROS graph drives: whole episodes, holds at
+episode ends, no training on a rejected model, the budget's last policy evaluated.
+
 Real steps are counted exactly: every ``env.step`` on the real plant that produces training
 data. Evaluation episodes used only for reporting are counted separately.
 """
@@ -30,6 +34,15 @@ from sindyrl_ros.core.policies import (
     SparsePolynomialPolicy,
     distill_sparse_policy,
     polynomial_powers,
+)
+from sindyrl_ros.core.protocol import (
+    EVALUATE,
+    EXPLORE,
+    FINISH,
+    HOLD,
+    DynaProtocol,
+    ProtocolSettings,
+    exploration_scale,
 )
 from sindyrl_ros.core.sac import SACConfig, SACTrainer
 from sindyrl_ros.core.surrogate import SurrogateVecEnv
@@ -445,7 +458,8 @@ class RealPlant:
                 action = self.rng.uniform(low, high)
             else:
                 action = policy(self._observation).copy()
-                action += noise * 0.5 * (high - low) * self.rng.standard_normal(action.shape)
+                scale = exploration_scale(noise, low, high)
+                action += scale * self.rng.standard_normal(action.shape)
                 action = np.clip(action, low, high)
             next_observation, reward, terminated, truncated, _ = self.env.step(action)
             self.steps += 1
@@ -459,6 +473,14 @@ class RealPlant:
                 observations, actions, rewards = [], [], []
         if actions:
             self._store(observations, actions, rewards)
+
+    def run_episode(self, policy: NumpyPolicy | None, noise: float) -> int:
+        """Finish the episode in progress, or run a whole new one; returns its steps."""
+        before = self.steps
+        episodes = self.episodes + (self._observation is None)
+        while self.episodes < episodes or self._observation is not None:
+            self.collect(1, policy, noise)
+        return self.steps - before
 
     def _store(self, observations, actions, rewards) -> None:
         self.trajectories.append(
@@ -517,40 +539,71 @@ def run_dyna(
     plant = RealPlant(task.make_env(seed=seed), task, seed)
     learner = PolicyLearner(task, config, seed)
     rng = np.random.default_rng(seed)
-    plant.collect(config.initial_steps, None, 0.0)
+    protocol = DynaProtocol(
+        ProtocolSettings(
+            budget=budget,
+            threshold=task.threshold,
+            initial_steps=config.initial_steps,
+            steps_per_iteration=config.steps_per_iteration,
+            stop_at_threshold=stop_at_threshold,
+        )
+    )
     curve, log = [], []
-    model = policy = None
-    steps_to_threshold = None
-    version = 0
-    while True:
-        version += 1
-        candidate, validation, accepted = fit_dynamics(task, plant.trajectories, config, version)
-        if accepted or model is None:
-            model = candidate
-        starts = sample_start_observations(plant.trajectories, config.n_start_observations, rng)
-        policy, metrics = learner.train(model, starts)
-        eval_return = float(evaluate(policy))
-        curve.append((plant.steps, eval_return))
-        entry = {
-            'iteration': version,
-            'real_steps': plant.steps,
-            'eval_return': eval_return,
-            'model_accepted': accepted,
-            'validation_nrmse': validation['nrmse'],
-            'model_nonzero': model.n_nonzero,
-            **metrics,
-            'wall_time_s': time.perf_counter() - started,
-        }
-        log.append(entry)
-        if progress:
-            progress(entry)
-        if eval_return >= task.threshold and steps_to_threshold is None:
-            steps_to_threshold = plant.steps
-            if stop_at_threshold:
-                break
-        if plant.steps + config.steps_per_iteration > budget:
-            break
-        plant.collect(config.steps_per_iteration, policy, config.exploration_noise)
+    model = None  # the newest accepted model
+    policies: dict[int, MLPPolicy] = {}  # by version
+    exploring = None  # the released policy (random actions before the first)
+    refits = 0
+    decision = None
+    while decision is None or decision.action != FINISH:
+        plant.run_episode(exploring, config.exploration_noise)
+        decision = protocol.after_exploration_episode(plant.steps, awaiting_evaluation=False)
+        while decision.action in (HOLD, EVALUATE):
+            if decision.action == HOLD:
+                # Held: refit on everything, train on an accepted model only.
+                protocol.held()
+                refits += 1
+                version = (model.model_version if model is not None else 0) + 1
+                candidate, validation, accepted = fit_dynamics(
+                    task, plant.trajectories, config, version
+                )
+                reason = 'model_rejected'
+                metrics: dict = {}
+                if accepted:
+                    model = candidate
+                    starts = sample_start_observations(
+                        plant.trajectories, config.n_start_observations, rng
+                    )
+                    policy, metrics = learner.train(model, starts)
+                    policies[len(policies) + 1] = policy
+                    protocol.policy_arrived(len(policies), model.model_version)
+                    reason = 'policy'
+                log.append(
+                    {
+                        'refit': refits,
+                        'real_steps': plant.steps,
+                        'model_accepted': accepted,
+                        'model_version': model.model_version if model is not None else None,
+                        'validation_nrmse': validation['nrmse'],
+                        'model_nonzero': candidate.n_nonzero,
+                        **metrics,
+                        'wall_time_s': time.perf_counter() - started,
+                    }
+                )
+                decision = protocol.after_release(reason, plant.steps)
+            else:
+                protocol.evaluation_started(plant.steps)
+                version = protocol.policy
+                eval_return = float(evaluate(policies[version]))
+                curve.append((plant.steps, eval_return))
+                log[-1].update(policy_version=version, eval_return=eval_return)
+                if progress:
+                    progress(log[-1])
+                decision = protocol.evaluation_done(version, eval_return, plant.steps)
+        if decision.action == EXPLORE and decision.release:
+            protocol.release_policy(plant.steps)
+        if protocol.released_policy is not None:
+            exploring = policies[protocol.released_policy]
+    policy = policies[protocol.policy] if protocol.policy is not None else None
     sparse = sparse_return = None
     if distill and policy is not None:
         starts = sample_start_observations(plant.trajectories, config.n_start_observations, rng)
@@ -558,8 +611,8 @@ def run_dyna(
         sparse_return = float(evaluate(sparse))
     return DynaResult(
         curve=curve,
-        steps_to_threshold=steps_to_threshold,
-        final_return=curve[-1][1],
+        steps_to_threshold=protocol.steps_to_threshold,
+        final_return=curve[-1][1] if curve else float('nan'),
         real_steps=plant.steps,
         wall_time_s=time.perf_counter() - started,
         model=model,

@@ -21,9 +21,10 @@ Triggers (``trigger``):
 
 Actions: no policy yet -> uniform random actions within the limits in ``explore`` mode
 (seeded), the safe command in ``evaluate`` mode; with a policy -> its action, plus
-Gaussian noise of standard deviation ``exploration_noise * (action_high - action_low)`` in
-``explore`` mode. Every action is clipped to the limits and to ``rate_limit`` (units per
-second), checked finite, then published on ``/<controller_name>/commands`` (tagged with
+Gaussian noise of standard deviation ``exploration_noise * (action_high - action_low) / 2``
+in ``explore`` mode (``core.protocol.exploration_scale``, as in ``core.dyna.run_dyna``).
+Every action is clipped to the limits and to ``rate_limit`` (units per second), checked
+finite, then published on ``/<controller_name>/commands`` (tagged with
 the answered observation's stamp, see ``common.command_message``) and on
 ``/sindyrl/action`` (stamp = the observation's stamp, frame_id = explore|evaluate|safe).
 
@@ -71,6 +72,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
 
 from sindyrl_ros.core.policies import NumpyPolicy, load_policy, policy_from_json
+from sindyrl_ros.core.protocol import exploration_scale
 from sindyrl_ros.core.serialization import FormatError
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
@@ -138,7 +140,8 @@ CONTROLLER_PARAMETERS = [
     ParamSpec(
         'exploration_noise',
         0.1,
-        'Explore mode: Gaussian noise standard deviation as a fraction of the action range',
+        'Explore mode: Gaussian noise standard deviation as a fraction of half the action '
+        'range (0.1 on a +-2 limit: 0.2)',
         range=(0.0, 10.0),
     ),
     ParamSpec(
@@ -363,6 +366,8 @@ class ControllerNode(Node):
         if np.any(self.action_low >= self.action_high):
             raise configuration_error(self, 'action_low', 'must be below action_high')
         self._action_range = self.action_high - self.action_low
+        # The noise of exploration_noise 1.0 (the one definition: core.protocol).
+        self._unit_noise_scale = exploration_scale(1.0, self.action_low, self.action_high)
         if p.control_rate > 0.0:
             self.control_period = 1.0 / p.control_rate
         elif p.control_period > 0.0:
@@ -639,7 +644,7 @@ class ControllerNode(Node):
             self._policy(self._observation, out=action)
             if explore and p.exploration_noise > 0.0:
                 self._rng.standard_normal(out=noise)
-                np.multiply(noise, self._action_range, out=noise)
+                np.multiply(noise, self._unit_noise_scale, out=noise)
                 np.multiply(noise, p.exploration_noise, out=noise)
                 np.add(action, noise, out=action)
             if self._blend_pending or self._blending:
