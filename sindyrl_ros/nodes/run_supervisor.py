@@ -63,7 +63,7 @@ from sindyrl_ros.core.mcap_log import LogFormatError, read_recording, recorded_s
 from sindyrl_ros.core.policies import policy_from_json
 from sindyrl_ros.core.progress import RunHistory
 from sindyrl_ros.core.protocol import Decision, DynaProtocol, FitState, ProtocolSettings
-from sindyrl_ros.core.serialization import FormatError, save_json_document
+from sindyrl_ros.core.serialization import FormatError, parse_json_text, save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
@@ -226,7 +226,8 @@ class RunSupervisor(Node):
         self.episodes = 0
         self.eval_returns: list[float] = []
         self.evaluations: list[dict] = []
-        self.model: dict = {}
+        self.model: dict = {}  # the newest model card's summary
+        self.models: dict[int, dict] = {}  # every model's, by version
         self.policy: dict = {}
         self.evaluating_policy: dict = {}
         self._to_evaluation = False  # from the switch to evaluate mode until its result
@@ -435,10 +436,13 @@ class RunSupervisor(Node):
 
     def _on_episode(self, message: String) -> None:
         try:
-            record = json.loads(message.data)
+            record = parse_json_text(message.data, 'sindyrl/episode')
             length = int(record['length'])
             episode_return = float(record['return'])
-        except (ValueError, KeyError, TypeError) as error:
+            plant_steps = int(record['real_steps']) if 'real_steps' in record else None
+            if length < 0 or (plant_steps is not None and plant_steps < 0):
+                raise ValueError('negative step count')
+        except (FormatError, ValueError, KeyError, TypeError) as error:
             self.diagnostics.reject('malformed_episode', f'{message.data[:200]!r}: {error}')
             return
         mode = str(record.get('mode', ''))
@@ -450,10 +454,8 @@ class RunSupervisor(Node):
         is_evaluation = mode == 'evaluate' and end != 'reset'
         if is_evaluation:
             self.eval_steps += length
-        if 'real_steps' in record:
-            self.plant_steps = max(
-                self.plant_steps, self._plant_steps_before + int(record['real_steps'])
-            )
+        if plant_steps is not None:
+            self.plant_steps = max(self.plant_steps, self._plant_steps_before + plant_steps)
         else:
             self.plant_steps += length
         deferred = self.state == SWITCHING and self._resuming and end != 'reset'
@@ -490,19 +492,21 @@ class RunSupervisor(Node):
 
     def _on_model(self, message: String) -> None:
         try:
-            card = json.loads(message.data)
+            card = parse_json_text(message.data, 'sindyrl/model')
             version = int(card['model_version'])
-        except (ValueError, KeyError, TypeError) as error:
+            validation = card.get('validation') or {}
+            model = {
+                'model_version': version,
+                'equations': [str(equation) for equation in card.get('equations', [])],
+                'n_nonzero': card.get('n_nonzero'),
+                'validation_nrmse': validation.get('nrmse'),
+                'transitions': card.get('transitions'),
+            }
+        except (FormatError, ValueError, KeyError, TypeError, AttributeError) as error:
             self.diagnostics.reject('malformed_model', str(error))
             return
-        validation = card.get('validation') or {}
-        self.model = {
-            'model_version': version,
-            'equations': list(card.get('equations', [])),
-            'n_nonzero': card.get('n_nonzero'),
-            'validation_nrmse': validation.get('nrmse'),
-            'transitions': card.get('transitions'),
-        }
+        self.model = model
+        self.models[version] = model
         self._event('model', **self.model)
         self._log_progress(f'model {version} received')
 
@@ -840,6 +844,12 @@ class RunSupervisor(Node):
 
     # ------------------------------------------------------------------ results
 
+    def _reported_model(self) -> dict:
+        """The model the last evaluated (else the newest) policy was trained on."""
+        last = self.evaluations[-1] if self.evaluations else {}
+        source = last.get('source_model_version', self.policy.get('source_model_version'))
+        return self.models.get(source, {} if source is not None else self.model)
+
     def summary(self) -> dict:
         last = self.evaluations[-1] if self.evaluations else {}
         return json_safe(
@@ -855,9 +865,11 @@ class RunSupervisor(Node):
                 'eval_return_mean': last.get('eval_return_mean'),
                 'eval_returns': last.get('eval_returns', []),
                 'evaluated_policy_version': last.get('policy_version'),
-                'model_equations': self.model.get('equations', []),
-                'model_version': self.model.get('model_version'),
-                'model_nonzero': self.model.get('n_nonzero'),
+                # The model the reported policy was trained on, not merely the newest.
+                'model_equations': self._reported_model().get('equations', []),
+                'model_version': self._reported_model().get('model_version'),
+                'model_nonzero': self._reported_model().get('n_nonzero'),
+                'newest_model_version': self.model.get('model_version'),
                 'policy_version': self.policy.get('policy_version'),
                 'policy_kind': self.policy.get('kind'),
                 'nn_parameters': self.policy.get('nn_parameters'),

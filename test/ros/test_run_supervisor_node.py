@@ -159,6 +159,41 @@ def test_switches_modes_over_the_services_and_writes_the_summary(
     )
     graph.episode('explore', -1200.0)
 
+    # Malformed records are refused and counted, one by one, never a crash (the run goes on).
+    deep = '[' * 5000 + ']' * 5000
+    for publisher, reason, texts in (
+        (
+            graph.episodes,
+            'malformed_episode',
+            [
+                deep,
+                '{"length": 200, "return": NaN}',
+                '{"length": "x", "return": 1}',
+                '[1]',
+                '{"length": 10, "return": 1, "real_steps": "many"}',
+                '{"length": -10, "return": 1}',
+            ],
+        ),
+        (
+            graph.models,
+            'malformed_model',
+            [
+                deep,
+                '{"model_version": 2, "validation": [1]}',
+                '{"model_version": 2, "equations": 5}',
+            ],
+        ),
+    ):
+        for count, text in enumerate(texts, start=1):
+            graph.publish(publisher, text)
+            assert graph.spin_until(
+                lambda r=reason, c=count: graph.counter(f'rejected.{r}') == c, 20
+            ), (
+                text[:60],
+                supervisor.output()[-2000:],
+            )
+    assert supervisor.alive() and graph.value('model_version') == '1'
+
     # A policy arrives mid-episode: evaluation starts when that episode ends.
     graph.publish(graph.policies, policy_document(1, sparse_coefficients=9))
     assert graph.spin_until(lambda: graph.value('policy_version') == '1', 20)
