@@ -595,7 +595,9 @@ def train(arguments) -> int:
                         progress_offset += len(line.encode())
                         try:
                             event = json.loads(line)
-                        except json.JSONDecodeError:
+                        except (ValueError, RecursionError):
+                            continue
+                        if not isinstance(event, dict):
                             continue
                         line = _describe(event)
                         if line:
@@ -626,8 +628,15 @@ def train(arguments) -> int:
             emulator.stop()
     wall_time = time.monotonic() - started
     summary_path = run_dir / 'summary.json'
+    summary = None
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+        from sindyrl_ros.core.serialization import FormatError, parse_json_text, read_document_file
+
+        try:
+            summary = parse_json_text(read_document_file(summary_path), str(summary_path))
+        except (FormatError, OSError) as error:
+            print(f'sindyrl-ros train: cannot read {summary_path}: {error}')
+    if isinstance(summary, dict):
         print(_summary_text(summary, run_dir, wall_time))
         plot = plot_learning_curve(run_dir, summary.get('threshold'))
         if plot:

@@ -57,7 +57,7 @@ from sindyrl_ros.core.mcap_log import (
 )
 from sindyrl_ros.core.protocol import FIT_STATE_NAMES, FitState
 from sindyrl_ros.core.reward import LEARNED_REWARD
-from sindyrl_ros.core.serialization import save_json_document
+from sindyrl_ros.core.serialization import FormatError, parse_json_text, save_json_document
 from sindyrl_ros.nodes.common import (
     LATCHED_QOS,
     RESUME_PARAMETER,
@@ -634,7 +634,11 @@ class ModelUpdater(Node):
             raise configuration_error(self, parameter, str(error)) from None
         for log in logs:
             names = log.metadata.get('observation_names')
-            if names is not None and json.loads(names) != self.observation_names:
+            try:
+                recorded = None if names is None else parse_json_text(names, 'observation_names')
+            except FormatError as error:
+                raise configuration_error(self, parameter, f'{path}: {error}') from None
+            if recorded is not None and recorded != self.observation_names:
                 raise configuration_error(
                     self,
                     parameter,
