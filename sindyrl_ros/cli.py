@@ -334,7 +334,9 @@ def _describe(event: dict) -> str | None:
         return f'{steps} | episode {event.get("episode")}: return {episode_return:.1f}'
     if kind == 'model':
         error = event.get('validation_nrmse')
-        error = f', held-out rollout error {error:.3f}' if error is not None else ''
+        # Episodes too short to hold a tail out are validated on the data they were fit on.
+        where = 'held-out' if event.get('validation_held_out', True) else 'fitting-data'
+        error = f', {where} rollout error {error:.3f}' if error is not None else ''
         return f'{steps} | model v{event.get("model_version")} accepted{error}'
     if kind == 'policy':
         return (

@@ -123,6 +123,11 @@ def test_progress_lines_name_steps_models_policies_and_returns():
     assert 'real steps    202' in lines[2] and 'eval return -168.4' in lines[2]
     assert 'held' in lines[3]
     assert cli._describe({'event': 'episode', 'evaluation': True}) is None
+    assert 'held-out rollout error 0.005' in lines[0]
+    # Episodes too short to hold a tail out: the error is on the fitting data, and says so.
+    short = {'event': 'model', 'model_version': 1, 'validation_nrmse': 0.01}
+    line = cli._describe({**short, 'validation_held_out': False})
+    assert 'fitting-data rollout error 0.010' in line and 'held-out' not in line
 
 
 def test_learning_curve_is_drawn_from_the_progress_log(tmp_path):

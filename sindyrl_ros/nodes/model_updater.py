@@ -891,7 +891,7 @@ class ModelUpdater(Node):
             self.rejected += 1
             self.diagnostics.counters['models_rejected'] = self.rejected
             reason = (
-                f'candidate model rejected: held-out rollout NRMSE {error} '
+                f'candidate model rejected: {_validated_on(validation)} rollout NRMSE {error} '
                 f'(max {self.parameters.max_validation_error}), diverged '
                 f'{validation.get("diverged")}, {card["transitions"]} transitions'
             )
@@ -919,7 +919,7 @@ class ModelUpdater(Node):
             )
             self.diagnostics.set('reward_model_rmse', fit.get('rmse'))
         self.get_logger().info(
-            f'model {version} published: held-out NRMSE {_fmt(error)}, '
+            f'model {version} published: {_validated_on(validation)} NRMSE {_fmt(error)}, '
             f'{card.get("n_nonzero")} terms, {card["transitions"]} transitions, fit '
             f'{result["fit_time_s"]:.2f} s: {equations}'
         )
@@ -943,6 +943,12 @@ class ModelUpdater(Node):
     def destroy_node(self) -> None:
         self.close()
         super().destroy_node()
+
+
+def _validated_on(validation: dict) -> str:
+    """What the rollout error was measured on: held-out tails, or (episodes too short to
+    hold anything out) the data the model was fitted on."""
+    return 'held-out' if validation.get('held_out', True) else 'fitting-data (nothing held out)'
 
 
 def main(args: list[str] | None = None) -> int:

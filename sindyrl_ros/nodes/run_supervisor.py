@@ -500,6 +500,7 @@ class RunSupervisor(Node):
                 'equations': [str(equation) for equation in card.get('equations', [])],
                 'n_nonzero': card.get('n_nonzero'),
                 'validation_nrmse': validation.get('nrmse'),
+                'validation_held_out': validation.get('held_out'),
                 'transitions': card.get('transitions'),
             }
         except (FormatError, ValueError, KeyError, TypeError, AttributeError) as error:
