@@ -323,6 +323,15 @@ def operator_ready(arguments) -> int:
         rclpy.try_shutdown()
 
 
+def _cut_short(event: dict) -> str:
+    """' (k of n surrogate episodes cut short)' when the mean is not of whole episodes."""
+    short = event.get('surrogate_return_cut_short')
+    episodes = event.get('surrogate_return_episodes')
+    if isinstance(short, int) and isinstance(episodes, int) and short > 0:
+        return f' ({short} of {episodes} surrogate episodes cut short)'
+    return ''
+
+
 def _describe(event: dict) -> str | None:
     """One progress line for an event of the run supervisor's progress.jsonl (None: skip)."""
     kind = event.get('event')
@@ -342,7 +351,7 @@ def _describe(event: dict) -> str | None:
         return (
             f'{steps} | policy v{event.get("policy_version")} from model '
             f'v{event.get("source_model_version")}, surrogate return '
-            f'{event.get("surrogate_return", float("nan")):.1f}'
+            f'{event.get("surrogate_return", float("nan")):.1f}{_cut_short(event)}'
         )
     if kind == 'evaluation':
         return (

@@ -128,6 +128,11 @@ def test_progress_lines_name_steps_models_policies_and_returns():
     short = {'event': 'model', 'model_version': 1, 'validation_nrmse': 0.01}
     line = cli._describe({**short, 'validation_held_out': False})
     assert 'fitting-data rollout error 0.010' in line and 'held-out' not in line
+    # A surrogate return that is not the mean of whole episodes says so.
+    policy = {'event': 'policy', 'policy_version': 2, 'surrogate_return': -50.0}
+    assert 'cut short' not in cli._describe(policy)
+    cut = {**policy, 'surrogate_return_episodes': 16, 'surrogate_return_cut_short': 2}
+    assert '(2 of 16 surrogate episodes cut short)' in cli._describe(cut)
 
 
 def test_learning_curve_is_drawn_from_the_progress_log(tmp_path):

@@ -274,9 +274,14 @@ class PolicyLearner:
             self.task.action_names,
             {'source_model_version': dynamics.model_version},
         )
-        surrogate_return = surrogate_return_of(policy, env, self.task.episode_length)
+        surrogate_return, lengths = surrogate_return_of(policy, env, self.task.episode_length)
         summary = {
             'surrogate_return': surrogate_return,
+            # What the return is the mean of: one episode per surrogate slot, and how many of
+            # them the surrogate ended before episode_length (a start outside the bounds).
+            'surrogate_return_episodes': int(len(lengths)),
+            'surrogate_return_cut_short': int(np.sum(lengths < self.task.episode_length)),
+            'surrogate_return_mean_length': float(np.mean(lengths)),
             'updates': int(metrics.get('updates', 0)),
             'surrogate_steps': int(metrics.get('env_steps', 0)),
             'train_time_s': time.perf_counter() - started,
@@ -390,7 +395,7 @@ class PolicyLearner:
             'sparse_policy_coefficients': int(sparse.n_parameters),
             'sparse_surrogate_return': surrogate_return_of(
                 sparse, training_env, task.episode_length
-            ),
+            )[0],
             'sparse_distillation_return': summary['surrogate_return'],
             'teacher_distillation_return': summary['teacher_surrogate_return'],
         }
@@ -398,19 +403,27 @@ class PolicyLearner:
         return sparse, metrics
 
 
-def surrogate_return_of(policy: NumpyPolicy, env, episode_length: int) -> float:
-    """Mean return of one deterministic surrogate episode in each of the env's slots."""
+def surrogate_return_of(policy: NumpyPolicy, env, episode_length: int) -> tuple[float, np.ndarray]:
+    """Mean return of one deterministic surrogate episode in each of the env's slots.
+
+    Returns
+    -------
+    (mean return, episode lengths of shape (n_envs,)) : the lengths say how many of the
+        episodes the mean is made of ran their full ``episode_length``.
+    """
     observations = env.reset()
     totals = np.zeros(env.n_envs)
+    lengths = np.zeros(env.n_envs, dtype=np.int64)
     alive = np.ones(env.n_envs, dtype=bool)
     for _ in range(episode_length):
         next_observations, reward, terminated, truncated = env.step(policy.act_batch(observations))
         totals += np.where(alive, reward, 0.0)
+        lengths += alive
         alive &= ~(terminated | truncated)
         if not alive.any():
             break
         observations = next_observations
-    return float(np.mean(totals))
+    return float(np.mean(totals)), lengths
 
 
 def visited_states(policy: NumpyPolicy, env, episode_length: int, seed: int) -> np.ndarray:

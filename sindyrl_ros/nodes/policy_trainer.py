@@ -555,7 +555,10 @@ class PolicyTrainer(Node):
             self.get_logger().info(
                 f'policy {metadata["policy_version"]} ({self.parameters.deploy_policy}) '
                 f'published from model {metadata["source_model_version"]}: surrogate return '
-                f'{_fmt(metadata.get("surrogate_return"))}, {metadata.get("updates")} updates, '
+                f'{_fmt(metadata.get("surrogate_return"))} (mean of '
+                f'{metadata.get("surrogate_return_episodes")} episodes, '
+                f'{metadata.get("surrogate_return_cut_short")} cut short), '
+                f'{metadata.get("updates")} updates, '
                 f'{metadata["nn_parameters"]} network parameters{sparse}, '
                 f'{metadata["train_time_s"]:.1f} s'
             )

@@ -530,6 +530,8 @@ class RunSupervisor(Node):
             'nn_parameters': metadata.get('nn_parameters', policy.n_parameters),
             'sparse_policy_coefficients': metadata.get('sparse_policy_coefficients'),
             'surrogate_return': metadata.get('surrogate_return'),
+            'surrogate_return_episodes': metadata.get('surrogate_return_episodes'),
+            'surrogate_return_cut_short': metadata.get('surrogate_return_cut_short'),
         }
         self.protocol.policy_arrived(
             self.policy['policy_version'], self.policy['source_model_version']

@@ -74,6 +74,12 @@ def test_dyna_smoke_run_beats_the_random_policy():
     result = run_dyna(TASK, config, seed=0, budget=200, evaluate=evaluate, distill=False)
     assert result.real_steps == 200
     assert result.curve[0][0] == 200
+    # The surrogate return says what it is the mean of.
+    entry = result.log[0]
+    assert entry['surrogate_return_episodes'] == 16
+    assert 0 <= entry['surrogate_return_cut_short'] <= 16
+    assert 0 < entry['surrogate_return_mean_length'] <= TASK.episode_length
+    assert entry['policy_version'] == 1 and entry['model_version'] == 1
 
     rng = np.random.default_rng(0)
     env = TASK.make_env(seed=123)
