@@ -178,11 +178,12 @@ class Graph:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(self.env, **{graph.PARENT_PID_ENV: str(os.getpid())})
         for spec in self.specs:
             log = open(self.log_dir / f'{spec.name}.log', 'wb')  # noqa: SIM115
             self.processes[spec.name] = subprocess.Popen(
                 [*_command(spec), *spec.ros_arguments()],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
             log.close()
 

@@ -30,6 +30,10 @@ USES_SIM_TIME = {'sim': True, 'gazebo': True, 'serial': False, 'ros2_control': F
 EXTERNAL_PLANTS = ('gazebo', 'ros2_control')
 # Gazebo's ros_gz_sim offers the simulation_interfaces services under this namespace.
 GAZEBO_SIMULATION_SERVICES = '/gzserver'
+# The pid of the process that starts the nodes (`sindyrl-ros`, `ros2 launch`), in each
+# node's environment: a node whose parent died while it was still importing finds another
+# parent and refuses to start (nodes.common.run_node).
+PARENT_PID_ENV = 'SINDYRL_ROS_PARENT_PID'
 
 
 @dataclass(frozen=True)

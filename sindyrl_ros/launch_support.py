@@ -7,9 +7,11 @@ package works where launch is not installed (a pip venv).
 
 def ros_nodes(specs):
     """One `launch_ros.actions.Node` per graph.NodeSpec, with its files and overrides."""
+    import os
+
     from launch_ros.actions import Node
 
-    from sindyrl_ros.graph import PACKAGE
+    from sindyrl_ros.graph import PACKAGE, PARENT_PID_ENV
 
     return [
         Node(
@@ -21,6 +23,9 @@ def ros_nodes(specs):
             namespace='',
             parameters=[*map(str, spec.parameter_files), spec.parameters],
             remappings=list(spec.remappings),
+            # The launch process is the nodes' parent: one that died while a node was still
+            # starting is noticed by the node (see graph.PARENT_PID_ENV).
+            additional_env={PARENT_PID_ENV: str(os.getpid())},
             output='screen',
         )
         for spec in specs

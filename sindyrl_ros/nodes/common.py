@@ -51,6 +51,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 import yaml
 
+from sindyrl_ros.graph import PARENT_PID_ENV
+
 if TYPE_CHECKING:
     from sindyrl_ros.core.tasks import TaskSpec
 
@@ -1014,9 +1016,15 @@ def _die_with_parent() -> int:
     ``ros2 launch`` the launch process is the parent, so in both the signal means the
     parent is gone. Elsewhere than Linux, or where prctl is refused, the liveness check in
     :func:`run_node`'s spin loop is the only guard. A parent that died before this call
-    (during the node's imports) cannot be told from its adopter by ``getppid``.
+    (during the node's imports) cannot be told from its adopter by ``getppid``, unless the
+    parent put its pid in the environment (``graph.PARENT_PID_ENV``, as ``sindyrl-ros`` and
+    the launch files do): then that pid is the parent to watch, and the caller sees at once
+    that it is gone.
     """
     parent = os.getppid()
+    announced = os.environ.get(PARENT_PID_ENV, '')
+    if announced.isdigit() and 0 < int(announced) < 2**22:
+        parent = int(announced)
     if sys.platform.startswith('linux'):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

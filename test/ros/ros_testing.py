@@ -196,3 +196,27 @@ def diagnostic_array(name: str, values: dict):
         values=[KeyValue(key=key, value=str(value)) for key, value in values.items()],
     )
     return DiagnosticArray(status=[status])
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's adopter need not reap it at once)."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return False
+    return stat.rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+
+
+def child_pids(parent: int) -> list[int]:
+    """Pids of the running children of ``parent`` (a /proc scan)."""
+    pids = []
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(')', 1)[1].split()[1]) == parent and process_running(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids

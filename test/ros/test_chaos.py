@@ -28,7 +28,7 @@ import sys
 import time
 
 import pytest
-from ros_testing import spin_until
+from ros_testing import child_pids, process_running, spin_until
 import yaml
 
 from sindyrl_ros import graph
@@ -123,7 +123,7 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
     )
     reached = spin_until(executor, lambda: len(commands) >= kill_after, timeout=180, step=0.05)
     assert reached, first.output()[-3000:]
-    nodes = _node_pids(first.process.pid)
+    nodes = child_pids(first.process.pid)
     if victim == 'runner':
         pids = [first.process.pid]
     else:
@@ -135,8 +135,8 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
     # a killed runner's nodes see their parent gone and stop themselves.
     assert spin_until(executor, lambda: not first.alive(), timeout=60, step=0.1), first.output()
     assert spin_until(
-        executor, lambda: not any(_alive(pid) for pid in nodes), timeout=30, step=0.1
-    ), [pid for pid in nodes if _alive(pid)]
+        executor, lambda: not any(process_running(pid) for pid in nodes), timeout=30, step=0.1
+    ), [pid for pid in nodes if process_running(pid)]
     spin_until(executor, lambda: False, timeout=1.0)  # what was in flight
     assert first.process.returncode not in (0, None), first.output()[-3000:]
     if victim != 'runner':
@@ -183,30 +183,6 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
     for kept, now in zip(committed, after):
         missing = {key for key in kept if now.get(key) != kept[key]}
         assert not missing, sorted(missing)[:5]
-
-
-def _node_pids(runner: int) -> list[int]:
-    """Pids of the runner's children (a /proc scan)."""
-    pids = []
-    for entry in Path('/proc').iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / 'stat').read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(')', 1)[1].split()[1]) == runner:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        stat = Path(f'/proc/{pid}/stat').read_text()
-    except OSError:
-        return False
-    return stat.rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
 
 
 def _node_name(pid: int) -> str | None:

@@ -6,13 +6,12 @@ command on the way out.
 """
 
 import os
-from pathlib import Path
 import signal
 import sys
 import time
 
 import pytest
-from ros_testing import node_command, spin_until, write_params
+from ros_testing import child_pids, node_command, process_running, spin_until, write_params
 
 pytestmark = pytest.mark.ros
 
@@ -34,34 +33,10 @@ time.sleep(3600)
 """
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's adopter need not reap it at once)."""
-    try:
-        stat = Path(f'/proc/{pid}/stat').read_text()
-    except OSError:
-        return False
-    return stat.rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
-
-
-def _children(parent: int) -> list[int]:
-    """Pids of the running children of ``parent`` (a /proc scan)."""
-    pids = []
-    for entry in Path('/proc').iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / 'stat').read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(')', 1)[1].split()[1]) == parent and _running(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
-
-
 def _kill(pids) -> None:
     """Clean up what a failing test leaves behind (processes this test started, by pid)."""
     for pid in pids:
-        if _running(pid):
+        if process_running(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -134,7 +109,7 @@ def test_controller_sends_the_safe_command_and_exits_when_its_parent_is_killed(
 
         def controller_gone() -> bool:
             observe()  # keep it busy: it must stop on its own, not for want of input
-            return not _running(controller_pid)
+            return not process_running(controller_pid)
 
         assert spin_until(executor, controller_gone, timeout=10, step=0.05), (
             f'controller still running 10 s after its parent died:\n{parent.output()[-2000:]}'
@@ -182,17 +157,19 @@ def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_proce
         # The plant has stepped under the controller's commands.
         stepped = spin_until(executor, lambda: len(joint_states) >= 40, timeout=120)
         assert stepped, runner.output()[-3000:]
-        nodes = _children(runner.process.pid)
+        nodes = child_pids(runner.process.pid)
         assert len(nodes) >= 6, (nodes, runner.output()[-3000:])
 
         os.kill(runner.process.pid, signal.SIGKILL)  # the runner only, not the nodes' groups
         runner.process.wait(5)
 
         def all_gone() -> bool:
-            return not any(_running(pid) for pid in nodes)
+            return not any(process_running(pid) for pid in nodes)
 
-        assert spin_until(executor, all_gone, timeout=10, step=0.1), [
-            pid for pid in nodes if _running(pid)
+        # A node still importing when its parent died (a loaded machine) exits as soon as
+        # it reaches run_node; it has commanded nothing meanwhile (checked below).
+        assert spin_until(executor, all_gone, timeout=60, step=0.1), [
+            pid for pid in nodes if process_running(pid)
         ]
         spin_until(executor, lambda: False, timeout=0.3)  # drain what was in flight
         joint_states.clear()
@@ -201,5 +178,31 @@ def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_proce
     finally:
         _kill(nodes)
     logs = {path.stem: path.read_text(errors='replace') for path in (run_dir / 'logs').glob('*')}
-    assert 'is gone: shutting down' in logs['controller'], logs['controller'][-2000:]
+    # Not checked here: the 'parent ... is gone' line. A killed multi-threaded runner
+    # exits thread by thread; when the thread that forked the nodes goes first, Linux
+    # reparents them to another of its threads and sends the parent-death signal while
+    # getppid() still names the runner. The node stops as on SIGTERM all the same.
     assert 'sending the safe command' in logs['controller'], logs['controller'][-2000:]
+
+
+def test_a_node_whose_parent_died_while_it_started_does_not_start(ros_domain, tmp_path):
+    """The parent names itself in the environment (graph.PARENT_PID_ENV, as `sindyrl-ros`
+    and the launch files do); a node that finds another parent (the one that started it
+    died during its imports, and it was adopted) exits before it creates anything."""
+    import subprocess
+
+    from ros_testing import ros_environment
+
+    from sindyrl_ros.graph import PARENT_PID_ENV
+
+    gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+    gone.wait()  # a pid that is not this node's parent
+    params = write_params(tmp_path / 'controller.yaml', {'/**': SHARED})
+    env = dict(ros_environment(ros_domain), **{PARENT_PID_ENV: str(gone.pid)})
+    result = subprocess.run(
+        node_command('controller', params), env=env, capture_output=True, text=True, timeout=120
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f'parent process {gone.pid} is gone before start-up: not starting' in output
+    assert 'controller ready' not in output
