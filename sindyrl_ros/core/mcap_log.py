@@ -1094,19 +1094,7 @@ class SegmentedRecordingWriter:
         values: np.ndarray,
         log_time_ns: int | None = None,
     ) -> None:
-        """Record one observation; see :meth:`TransitionLogWriter.write_observation`.
-
-        Parameters
-        ----------
-        stamp_ns : int
-            Measurement time (``header.stamp``) in nanoseconds.
-        names : sequence of str
-            n observation feature names.
-        values : array-like, shape (n,)
-            Observation.
-        log_time_ns : int, optional
-            Receive time; the wall clock when omitted.
-        """
+        """Record one observation; see :meth:`TransitionLogWriter.write_observation`."""
         self._segment().write_observation(stamp_ns, names, values, log_time_ns)
         self.observations_written += 1
 
@@ -1118,35 +1106,12 @@ class SegmentedRecordingWriter:
         mode: str,
         log_time_ns: int | None = None,
     ) -> None:
-        """Record one action; see :meth:`TransitionLogWriter.write_action`.
-
-        Parameters
-        ----------
-        stamp_ns : int
-            Stamp of the observation the action answers, in nanoseconds.
-        names : sequence of str
-            m action names.
-        values : array-like, shape (m,)
-            Applied action.
-        mode : str
-            Controller mode ('explore', 'evaluate', 'safe').
-        log_time_ns : int, optional
-            Receive time; the wall clock when omitted.
-        """
+        """Record one action; see :meth:`TransitionLogWriter.write_action`."""
         self._segment().write_action(stamp_ns, names, values, mode, log_time_ns)
         self.actions_written += 1
 
     def write_reward(self, stamp_ns: int, reward: float, log_time_ns: int | None = None) -> None:
-        """Record one reward the plant reported; see :meth:`TransitionLogWriter.write_reward`.
-
-        Parameters
-        ----------
-        stamp_ns : int
-            Stamp of the observation the rewarded step started from, in nanoseconds.
-        reward : float
-        log_time_ns : int, optional
-            Receive time; the wall clock when omitted.
-        """
+        """Record one reported reward; see :meth:`TransitionLogWriter.write_reward`."""
         self._segment().write_reward(stamp_ns, reward, log_time_ns)
         self.rewards_written += 1
 
@@ -1575,4 +1540,3 @@ class SessionTransitions:
             for session in self.sessions
             for trajectory in session.trajectories(modes, min_steps, rewards)
         ]
-
