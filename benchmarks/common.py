@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers: machine, versions, date, command line.
+"""What every benchmark records beside its numbers: machine, versions, date, command line,
+and the git commit the code was run from.
 
 Numbers measured on a 2-core laptop-class machine and on a workstation differ by an order of
 magnitude, so each results file says where and with what it was measured.  Results files
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 import platform
 import shlex
+import subprocess
 import sys
 from typing import Any
 
@@ -73,6 +75,39 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         info['cuda'] = None
     return info
+
+
+def git_state(directory: Path | None = None) -> dict[str, Any]:
+    """The commit the code was run from and whether the work tree differed from it.
+
+    ``dirty_files`` lists (up to 50) paths that were modified or untracked, as
+    ``git status --porcelain`` names them: a number measured on a dirty tree was measured on
+    that commit plus those changes. Values are None where git or the repository is missing.
+    """
+    where = Path(directory) if directory else Path(__file__).resolve().parents[1]
+
+    def git(*arguments: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ['git', '-C', str(where), *arguments],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git('rev-parse', 'HEAD')
+    status = git('status', '--porcelain', '--untracked-files=normal')
+    changed = [line[3:] for line in (status or '').splitlines() if line.strip()]
+    return {
+        'commit': commit.strip() if commit else None,
+        'dirty': None if status is None else bool(changed),
+        'dirty_files': changed[:50],
+        'dirty_files_total': len(changed),
+    }
 
 
 def utc_now() -> str:
