@@ -1,12 +1,21 @@
 """Sample efficiency of SINDy-RL against model-free SAC and PPO (stable-baselines3).
 
 The question a robot owner asks is how many real steps (minutes of robot time) a method
-needs before its policy works.  Every method is therefore measured the same way: after
-regular intervals of *real* training steps its current policy is evaluated with 10
-deterministic episodes on a separate copy of the real environment, and the first
-evaluated step count with a mean return at or above the task's threshold is its
-``steps_to_threshold``.  Evaluation episodes are not training data and are not counted as
-real steps (they are counted separately, in ``eval_steps``).
+needs before its policy works, and whether it keeps working.  Every method is measured the
+same way, on one evaluation grid per task: every ``eval_interval`` real training steps the
+policy in force there (the one that acts on the next real step, trained on exactly the
+real steps so far) is evaluated with 10 deterministic episodes on a separate copy of the
+real environment, from start states that are fresh at every grid point and that training
+never sees.  Per seed this gives the first crossing of the task's threshold
+(``steps_to_threshold``), the grid point from which the threshold is met at every later
+evaluation up to the budget (``steps_to_held_threshold``), and a final 50-episode
+evaluation of the policy the run ends with (``final_eval_return_50``).  Evaluation episodes
+are not training data and are not counted as real steps (they are counted separately).
+
+``sindy_rl`` runs the Dyna loop in this process (``core.dyna.run_dyna``);
+``sindy_rl_graph`` runs the same protocol through the ROS 2 node graph (``sindyrl-ros
+train``: separate processes, real DDS, the embedded plant in lockstep) and evaluates the
+policies it released on the same grid.
 
 Run ``python benchmarks/sample_efficiency.py --help``; see benchmarks/README.md for the
 protocol and the default settings.  stable-baselines3 is a benchmark-only dependency
@@ -17,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, replace
 import fcntl
 import json
 import math
 from pathlib import Path
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
+import gymnasium
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402
     command_line,
     finite_or_none,
+    git_state,
     machine_info,
     package_versions,
     read_json,
@@ -47,36 +61,109 @@ from common import (  # noqa: E402
 from sindyrl_ros.core.tasks import TaskSpec, evaluate_policy, get_task  # noqa: E402
 
 RESULTS_FORMAT = 'sindyrl_ros/benchmark/sample_efficiency'
-RESULTS_VERSION = 1
+# 2: one evaluation grid for every method, fresh evaluation seeds at every grid point,
+# runs to the budget (first crossing and held threshold), final 50-episode evaluation,
+# the ROS graph as a method, the commit per seed.  Version 1 results are not mixed in.
+RESULTS_VERSION = 2
 RESULTS_NAME = 'sample_efficiency'
 BENCHMARK_DIR = Path(__file__).resolve().parent
+REPOSITORY = BENCHMARK_DIR.parent
 
 TASK_NAMES = ('pendulum', 'cartpole_swingup')
-METHODS = ('sindy_rl', 'sac', 'ppo')
-METHOD_LABELS = {'sindy_rl': 'SINDy-RL (Dyna)', 'sac': 'SAC (SB3)', 'ppo': 'PPO (SB3)'}
-METHOD_COLORS = {'sindy_rl': 'tab:red', 'sac': 'tab:blue', 'ppo': 'tab:green'}
+METHODS = ('sindy_rl', 'sindy_rl_graph', 'sac', 'ppo')
+SINDY_METHODS = ('sindy_rl', 'sindy_rl_graph')
+BASELINE_METHODS = ('sac', 'ppo')
+METHOD_LABELS = {
+    'sindy_rl': 'SINDy-RL (Dyna, core loop)',
+    'sindy_rl_graph': 'SINDy-RL (ROS graph)',
+    'sac': 'SAC (SB3)',
+    'ppo': 'PPO (SB3)',
+}
+METHOD_COLORS = {
+    'sindy_rl': 'tab:red',
+    'sindy_rl_graph': 'tab:orange',
+    'sac': 'tab:blue',
+    'ppo': 'tab:green',
+}
+# Methods run when --methods is not given.  The swing-up through the graph steps 20,000
+# training and ~200,000 evaluation steps in lockstep over DDS and distils a sparse policy
+# after every model: too slow for the default run on 2 cores; the core loop measures the
+# swing-up (`--methods sindy_rl_graph --tasks cartpole_swingup` still runs it).
+DEFAULT_METHODS = {
+    'pendulum': METHODS,
+    'cartpole_swingup': ('sindy_rl', 'sac', 'ppo'),
+}
 
-# Same evaluation for every method and seed: episode i of every evaluation starts from
-# reset(seed=EVAL_SEED + i), so all policies are compared on the same initial states.
+# ---------------------------------------------------------------- evaluation protocol
+#
+# Seed streams (gymnasium reset seeds), disjoint by construction:
+# - training: run_dyna's plant resets with seed + episode, SB3's training envs with
+#   seed + env index (then continue their own generator), the graph's plant once with the
+#   seed: all below TRAINING_SEED_LIMIT (checked for the Dyna loop before it runs);
+# - the final 50-episode evaluation: FINAL_EVAL_SEED + i, i < 50;
+# - the grid evaluation at real step g: EVAL_SEED + EVAL_SEED_STRIDE * (g // grid) + i,
+#   i < 10, grid = the task's GRID_INTERVAL: fresh start states at every grid point, the
+#   same for every method and seed at the same real step.
 EVAL_EPISODES = 10
 EVAL_SEED = 1_000_000
+EVAL_SEED_STRIDE = 1_000
+FINAL_EVAL_EPISODES = 50
+FINAL_EVAL_SEED = 500_000
+TRAINING_SEED_LIMIT = 100_000
+assert TRAINING_SEED_LIMIT <= FINAL_EVAL_SEED
+assert FINAL_EVAL_SEED + FINAL_EVAL_EPISODES <= EVAL_SEED
+assert EVAL_EPISODES <= EVAL_SEED_STRIDE
+
+# The common evaluation grid of each task: every method is evaluated at multiples of its
+# eval_interval, itself a multiple of this (SINDy-RL and SAC on every grid point; PPO, whose
+# policy changes once per rollout of 4,096 / 16,384 steps, on every 20th / 16th).
+GRID_INTERVAL = {'pendulum': 200, 'cartpole_swingup': 1_000}
 TORCH_THREADS = 1
 
-# Seeds per task when --seeds is not given.  Swing-up: 3, not 5, so that the default run
-# stays near 2 h on the 2-core machine (a swing-up SINDy-RL seed takes up to ~10 min, and the
-# SAC baseline alone ~30 min per seed); recorded in the results as 'seeds_note'.
+# Seeds per task when --seeds is not given (SINDy-RL, core loop and graph alike).  Swing-up:
+# 3, not 5, for run time; recorded in the results as 'seeds_note'.
 DEFAULT_SINDY_SEEDS = {'pendulum': 5, 'cartpole_swingup': 3}
 SEEDS_NOTES = {
-    'cartpole_swingup': '3 SINDy-RL seeds by default (not 5) to fit ~2 h on 2 cores',
+    'cartpole_swingup': '3 SINDy-RL seeds by default (not 5), for run time on 2 cores',
 }
 DEFAULT_BASELINE_SEEDS = 3
+# Longest wall time of one graph run (sindyrl-ros train --timeout).
+DEFAULT_GRAPH_TIMEOUT_S = 4 * 3600.0
+
+
+def eval_seed(real_steps: int, task_name: str) -> int:
+    """First reset seed of the grid evaluation at ``real_steps`` (a grid point)."""
+    grid = GRID_INTERVAL[task_name]
+    if real_steps <= 0 or real_steps % grid:
+        raise ValueError(f'{real_steps} real steps is not a point of the {grid}-step grid')
+    return EVAL_SEED + EVAL_SEED_STRIDE * (real_steps // grid)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How this invocation runs each seed (command-line options)."""
+
+    budget_scale: float = 1.0
+    surrogate_scale: float = 1.0
+    stop_at_threshold: bool = False
+    graph_runs: Path | None = None
+    graph_timeout_s: float = DEFAULT_GRAPH_TIMEOUT_S
+
+
+def scaled_budget(budget: int, interval: int, scale: float) -> int:
+    """The real-step budget under a debug scale, in whole evaluation intervals (at least one)."""
+    if scale == 1.0:
+        return int(budget)
+    return max(interval, int(round(budget * scale / interval)) * interval)
 
 
 # --------------------------------------------------------------------------- SINDy-RL
 
 
-# Per-task settings of the Dyna loop: the one place to tune them for this benchmark.
-# 'budget' is the real-step budget; the rest are DynaConfig fields (defaults otherwise).
+# Per-task settings of the Dyna loop: the one place to tune them for this benchmark, for the
+# core loop and the graph alike.  'budget' is the real-step budget; the rest are DynaConfig
+# fields (defaults otherwise).  initial_steps and steps_per_iteration are multiples of the
+# episode length and of the task's grid: every policy is released on a grid point.
 SINDY_RL_SETTINGS: dict[str, dict[str, Any]] = {
     'pendulum': {
         'budget': 2_000,
@@ -95,12 +182,43 @@ SINDY_RL_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def sindy_rl_config(task_name: str):
-    """The DynaConfig and real-step budget used for ``task_name``."""
+def sindy_rl_config(task: TaskSpec, seed: int, options: Options):
+    """The DynaConfig and real-step budget used for ``task`` and ``seed``.
+
+    The E-SINDy ensemble's bootstrap draws follow the seed (as the model updater's ``seed``
+    does in the graph), so seeds vary every random choice of the method.
+    """
     from sindyrl_ros.core.dyna import DynaConfig
 
-    settings = SINDY_RL_SETTINGS[task_name]
-    return DynaConfig(**settings['dyna']), int(settings['budget'])
+    settings = SINDY_RL_SETTINGS[task.name]
+    config = DynaConfig(**settings['dyna'])
+    config.ensemble = replace(config.ensemble, seed=int(seed))
+    if options.surrogate_scale != 1.0:
+        for name in ('surrogate_steps_first', 'surrogate_steps_per_model'):
+            steps = getattr(config, name)
+            setattr(config, name, max(1, int(round(steps * options.surrogate_scale))))
+    grid = GRID_INTERVAL[task.name]
+    for name in ('initial_steps', 'steps_per_iteration'):
+        value = getattr(config, name)
+        if value % grid or value % task.episode_length:
+            raise ValueError(
+                f'{task.name}: {name} = {value} must be a multiple of the evaluation grid '
+                f'({grid}) and of the episode length ({task.episode_length}), so that every '
+                'policy is released on a grid point'
+            )
+    budget = scaled_budget(settings['budget'], config.steps_per_iteration, options.budget_scale)
+    return config, budget
+
+
+def sindy_rl_settings(task: TaskSpec, options: Options) -> dict[str, Any]:
+    config, budget = sindy_rl_config(task, 0, options)
+    dyna = config.to_dict()
+    dyna['ensemble']['seed'] = 'the run seed'
+    return {
+        'budget': budget,
+        'eval_interval': config.steps_per_iteration,
+        'hyperparameters': {'dyna_config': dyna, 'torch_threads': TORCH_THREADS},
+    }
 
 
 # ------------------------------------------------------------------ SB3 baselines
@@ -124,7 +242,7 @@ class BaselineSpec:
     zoo_commit: str
     zoo_entry: str
     budget: int  # real training steps
-    eval_interval: int  # real steps between evaluations
+    eval_interval: int  # real steps between evaluations: a multiple of the task's grid
     kwargs: dict[str, Any]  # passed to SAC(...) / PPO(...)
     n_envs: int = 1
     normalize: bool = False  # VecNormalize (observations and rewards), as the zoo's
@@ -156,7 +274,7 @@ BASELINES: dict[tuple[str, str], BaselineSpec] = {
         *ZOO_SAC,
         'Pendulum-v1',
         budget=20_000,
-        eval_interval=500,
+        eval_interval=200,
         kwargs={'learning_rate': 1e-3},
     ),
     # ppo.yml Pendulum-v1 (tuned): n_envs 4, n_timesteps 1e5 (budget here 200k).
@@ -165,7 +283,7 @@ BASELINES: dict[tuple[str, str], BaselineSpec] = {
         *ZOO_PPO,
         'Pendulum-v1',
         budget=200_000,
-        eval_interval=4_096,
+        eval_interval=4_000,  # every 20th grid point: one rollout is 4 envs x 1024 steps
         n_envs=4,
         kwargs={
             'n_steps': 1024,
@@ -185,7 +303,7 @@ BASELINES: dict[tuple[str, str], BaselineSpec] = {
         *ZOO_SAC,
         'InvertedPendulumSwingupBulletEnv-v0',
         budget=100_000,
-        eval_interval=5_000,
+        eval_interval=1_000,
         note=SWINGUP_NOTE,
         kwargs={
             'learning_rate': 7.3e-4,
@@ -207,7 +325,7 @@ BASELINES: dict[tuple[str, str], BaselineSpec] = {
         *ZOO_PPO,
         'InvertedPendulumSwingupBulletEnv-v0',
         budget=1_000_000,
-        eval_interval=32_768,
+        eval_interval=16_000,  # every 16th grid point: one rollout is 8 envs x 2048 steps
         n_envs=8,
         normalize=True,
         note=SWINGUP_NOTE,
@@ -228,116 +346,579 @@ BASELINES: dict[tuple[str, str], BaselineSpec] = {
 # -------------------------------------------------------------------- evaluation
 
 
-@dataclass
-class Evaluator:
-    """Deterministic evaluation on a separate real env; keeps its own step/time count."""
+class GridEvaluator:
+    """Evaluations of one run: on the task's grid, and the final one; counts their steps.
 
-    task: TaskSpec
-    episodes: int = EVAL_EPISODES
-    steps: int = 0
-    seconds: float = 0.0
-    calls: int = 0
+    Every evaluation builds a separate instance of the real environment
+    (``core.tasks.evaluate_policy``) and runs deterministic episodes from the seeds of its
+    stream (module comment above :data:`EVAL_SEED`).
+    """
 
-    def __call__(self, policy) -> float:
-        started = time.perf_counter()
-        evaluation = evaluate_policy(self.task, policy, episodes=self.episodes, seed=EVAL_SEED)
-        self.seconds += time.perf_counter() - started
+    def __init__(self, task: TaskSpec, label: str, started: float) -> None:
+        self.task = task
+        self.label = label
+        self.started = started
+        self.curve: list[list[float]] = []  # [[real steps, mean return], ...]
+        self.steps = 0
+        self.seconds = 0.0
+        self.final_steps = 0
+        self.final_seconds = 0.0
+
+    def at(self, policy, real_steps: int, note: str = '') -> float:
+        """Mean return of ``policy`` at the grid point ``real_steps``."""
+        began = time.perf_counter()
+        evaluation = evaluate_policy(
+            self.task, policy, episodes=EVAL_EPISODES, seed=eval_seed(real_steps, self.task.name)
+        )
+        self.seconds += time.perf_counter() - began
         self.steps += evaluation.steps
-        self.calls += 1
-        return float(evaluation.mean_return)
+        mean_return = float(evaluation.mean_return)
+        self.curve.append([int(real_steps), mean_return])
+        print(
+            f'[{self.label}] real steps {real_steps:>8d} (+{self.steps} eval)  return '
+            f'{mean_return:9.1f}  ({time.perf_counter() - self.started:7.1f} s){note}',
+            flush=True,
+        )
+        return mean_return
+
+    def final(self, policy, what: str = 'final policy'):
+        """The final evaluation: 50 episodes from the final stream (``PolicyEvaluation``)."""
+        began = time.perf_counter()
+        evaluation = evaluate_policy(
+            self.task, policy, episodes=FINAL_EVAL_EPISODES, seed=FINAL_EVAL_SEED
+        )
+        self.final_seconds += time.perf_counter() - began
+        self.final_steps += evaluation.steps
+        print(
+            f'[{self.label}] {what}: {FINAL_EVAL_EPISODES}-episode return '
+            f'{evaluation.mean_return:.1f} (± {np.std(evaluation.returns):.1f})',
+            flush=True,
+        )
+        return evaluation
 
 
-@dataclass
-class RunRecord:
-    """What one (task, method, seed) run produced."""
-
-    seed: int
-    curve: list[list[float]]  # [[real steps, mean return], ...]
-    steps_to_threshold: int | None
-    final_return: float
-    wall_time_s: float
-    eval_time_s: float
-    eval_steps: int
-    real_steps: int
-    extra: dict[str, Any] = field(default_factory=dict)
+def safe_command_policy(task: TaskSpec):
+    """What a SINDy-RL controller does in evaluate mode before any policy: the safe command
+    (zero, clipped into the action limits)."""
+    action = np.clip(np.zeros(task.action_dim), task.action_low, task.action_high)
+    return lambda observation: action.copy()
 
 
-def print_point(label: str, steps: int, mean_return: float, started: float, note: str = ''):
-    print(
-        f'[{label}] real steps {steps:>8d}  return {mean_return:9.1f}'
-        f'  ({time.perf_counter() - started:7.1f} s){note}',
-        flush=True,
+class PolicyInForce:
+    """Evaluates a run's policy in force at every grid point, from its releases.
+
+    A policy released at real step ``s`` (trained on the first ``s`` steps) acts from step
+    ``s + 1`` on: it is in force at the grid points ``>= s`` until the next release.
+    Before the first release the safe command is in force.
+    """
+
+    def __init__(self, grid: GridEvaluator, interval: int, budget: int, idle_policy) -> None:
+        self.grid = grid
+        self.interval = int(interval)
+        self.budget = int(budget)
+        self.policy = idle_policy
+        self.version: Any = None
+        self.next_point = self.interval
+
+    def _note(self) -> str:
+        return (
+            '  (no policy yet: safe command)'
+            if self.version is None
+            else (f'  policy v{self.version}')
+        )
+
+    def catch_up(self, real_steps: int) -> None:
+        """Evaluate the grid points up to ``real_steps`` (and the budget) not done yet."""
+        while self.next_point <= min(real_steps, self.budget):
+            self.grid.at(self.policy, self.next_point, self._note())
+            self.next_point += self.interval
+
+    def release(self, policy, version: Any, real_steps: int) -> float | None:
+        """A new policy is in force from ``real_steps``; its evaluation there if that is a
+        grid point (None otherwise: the next grid point will evaluate it)."""
+        self.catch_up(real_steps - 1)
+        self.policy, self.version = policy, version
+        if real_steps == self.next_point:
+            self.next_point += self.interval
+            return self.grid.at(policy, real_steps, self._note())
+        return None
+
+
+def first_crossing(curve: list[list[float]], threshold: float) -> int | None:
+    """The first evaluated real-step count with a mean return >= ``threshold``."""
+    return next((int(steps) for steps, value in curve if value >= threshold), None)
+
+
+def held_crossing(
+    curve: list[list[float]], threshold: float, interval: int, budget: int
+) -> int | None:
+    """The first grid point from which every later evaluation up to the budget meets the
+    threshold; None when the last one does not, or the curve does not cover the grid."""
+    expected = list(range(interval, budget + 1, interval))
+    if [int(steps) for steps, _ in curve] != expected:
+        return None
+    held = None
+    for steps, value in reversed(curve):
+        if value < threshold:
+            break
+        held = int(steps)
+    return held
+
+
+def crossings(record: dict, task: TaskSpec, settings: dict, options: Options) -> None:
+    """Add ``steps_to_threshold`` and ``steps_to_held_threshold`` to a seed's record."""
+    curve = record['curves']
+    record['steps_to_threshold'] = first_crossing(curve, task.threshold)
+    record['steps_to_held_threshold'] = (
+        None
+        if options.stop_at_threshold
+        else held_crossing(curve, task.threshold, settings['eval_interval'], settings['budget'])
     )
 
 
-def run_sindy_rl(task: TaskSpec, seed: int, budget_scale: float, stop: bool) -> RunRecord:
-    """One seed of the Dyna loop (core.dyna.run_dyna) with the benchmark's evaluation."""
-    from sindyrl_ros.core.dyna import run_dyna
+def provenance() -> dict[str, Any]:
+    """Where and from what a seed was measured: commit, tree state, command, machine, date."""
+    return {
+        'date': utc_now(),
+        'git': git_state(REPOSITORY),
+        'command': command_line(),
+        'machine': machine_info(),
+    }
 
-    config, budget = sindy_rl_config(task.name)
-    budget = max(1, int(round(budget * budget_scale)))
-    evaluator = Evaluator(task)
+
+def final_fields(evaluation) -> dict[str, Any]:
+    return {
+        'final_eval_return_50': float(evaluation.mean_return),
+        'final_eval_returns_50': [float(value) for value in evaluation.returns],
+    }
+
+
+# ------------------------------------------------------------------ SINDy-RL, core loop
+
+
+class CountSteps(gymnasium.Wrapper):
+    """Counts the real plant's steps, so an evaluation knows the real step it happens at."""
+
+    def __init__(self, env: gymnasium.Env) -> None:
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        return self.env.step(action)
+
+
+def run_sindy_rl(task: TaskSpec, seed: int, options: Options) -> dict[str, Any]:
+    """One seed of the Dyna loop (core.dyna.run_dyna) with the benchmark's evaluation.
+
+    ``run_dyna`` evaluates every new policy when it is released; here that evaluation is the
+    grid evaluation at the real step of the release (always a grid point with these
+    settings), and grid points where a model was rejected evaluate the policy still in
+    force.  The loop runs to the budget unless ``options.stop_at_threshold``.
+    """
+    from sindyrl_ros.core.dyna import run_dyna
+    from sindyrl_ros.core.policies import SparsePolynomialPolicy
+
+    config, budget = sindy_rl_config(task, seed, options)
+    settings = sindy_rl_settings(task, options)
+    episodes = budget // task.episode_length + 2
+    if seed + episodes >= TRAINING_SEED_LIMIT:
+        raise ValueError(f'seed {seed}: training resets would reach {TRAINING_SEED_LIMIT}')
     label = f'{task.name}/sindy_rl seed {seed}'
     started = time.perf_counter()
+    grid = GridEvaluator(task, label, started)
+    in_force = PolicyInForce(grid, config.steps_per_iteration, budget, safe_command_policy(task))
+    plants: list[CountSteps] = []
+
+    def make_counted_env(seed=None, **overrides):
+        plants.append(CountSteps(task.make_env(seed=seed, **overrides)))
+        return plants[-1]
+
+    plant_task = copy.copy(task)
+    plant_task.make_env = make_counted_env  # the plant only: evaluations use `task`
+    sparse_final: list = []
+    released = [0]  # policies released so far
+
+    def evaluate(policy) -> float:
+        if isinstance(policy, SparsePolynomialPolicy):  # distilled after the loop
+            sparse_final.append(grid.final(policy, 'sparse policy'))
+            return float(sparse_final[-1].mean_return)
+        if len(plants) != 1:
+            raise RuntimeError(f'run_dyna made {len(plants)} plants; expected one')
+        real_steps = plants[0].steps
+        released[0] += 1
+        value = in_force.release(policy, released[0], real_steps)
+        if value is None:
+            raise RuntimeError(
+                f'{label}: a policy was released at {real_steps} real steps, off the '
+                f'{config.steps_per_iteration}-step evaluation grid'
+            )
+        return value
 
     def progress(entry: dict) -> None:
         accepted = 'accepted' if entry.get('model_accepted') else 'REJECTED'
-        note = (
-            f'  model {accepted} nrmse {entry.get("validation_nrmse", math.nan):.3g}'
-            f'  surrogate return {entry.get("surrogate_return", math.nan):.1f}'
+        print(
+            f'[{label}] model {entry.get("model_version")} {accepted} at {entry["real_steps"]} '
+            f'real steps, nrmse {entry.get("validation_nrmse", math.nan):.3g}, surrogate '
+            f'return {entry.get("surrogate_return", math.nan):.1f}',
+            flush=True,
         )
-        print_point(label, entry['real_steps'], entry['eval_return'], started, note)
 
     result = run_dyna(
-        task,
+        plant_task,
         config,
         seed,
         budget,
-        evaluator,
-        stop_at_threshold=stop,
+        evaluate,
+        stop_at_threshold=options.stop_at_threshold,
         distill=True,
         progress=progress,
     )
+    if plants[0].steps != result.real_steps:
+        raise RuntimeError(
+            f'{label}: {plants[0].steps} plant steps, run_dyna counted {result.real_steps}'
+        )
+    in_force.catch_up(result.real_steps)
+    final = grid.final(result.policy if result.policy else in_force.policy)
     wall = time.perf_counter() - started
-    sparse_return = result.sparse_policy_return
+    record = {
+        'curves': grid.curve,
+        'final_return': grid.curve[-1][1] if grid.curve else None,
+        **final_fields(final),
+        'wall_time_s': wall,
+        'eval_time_s': grid.seconds,
+        'eval_steps': grid.steps,
+        'final_eval_steps': grid.final_steps,
+        'real_steps': int(result.real_steps),
+        'nn_parameters': result.policy.n_parameters if result.policy else None,
+        'sparse_policy_coefficients': (
+            result.sparse_policy.n_parameters if result.sparse_policy else None
+        ),
+        'sparse_policy_return_50': (float(sparse_final[-1].mean_return) if sparse_final else None),
+        'model_nonzero': result.model.n_nonzero if result.model else None,
+        'dyna_log': [finite_or_none(dict(entry)) for entry in result.log],
+    }
+    crossings(record, task, settings, options)
+    print_done(label, record)
+    return record
+
+
+def print_done(label: str, record: dict) -> None:
+    sparse = record.get('sparse_policy_return_50')
+    if sparse is not None:
+        coefficients = record.get('sparse_policy_coefficients')
+        sparse = f', sparse policy ({coefficients} coefficients) {sparse:.1f}'
     print(
-        f'[{label}] done: steps to threshold {result.steps_to_threshold}, network return '
-        f'{result.final_return:.1f}, sparse policy return '
-        f'{math.nan if sparse_return is None else sparse_return:.1f} '
-        f'({result.sparse_policy.n_parameters if result.sparse_policy else 0} coefficients vs '
-        f'{result.policy.n_parameters if result.policy else 0} network parameters), '
-        f'{wall:.1f} s',
+        f'[{label}] done: first crossing {record["steps_to_threshold"]}, held from '
+        f'{record["steps_to_held_threshold"]}, {record["real_steps"]} real steps '
+        f'(+{record["eval_steps"]} grid and {record["final_eval_steps"]} final evaluation '
+        f'steps), final {FINAL_EVAL_EPISODES}-episode return '
+        f'{record["final_eval_return_50"]:.1f}{sparse or ""}, {record["wall_time_s"]:.1f} s',
         flush=True,
     )
-    return RunRecord(
-        seed=seed,
-        curve=[[int(s), float(r)] for s, r in result.curve],
-        steps_to_threshold=result.steps_to_threshold,
-        final_return=float(result.final_return),
-        wall_time_s=wall,
-        eval_time_s=evaluator.seconds,
-        eval_steps=evaluator.steps,
-        real_steps=int(result.real_steps),
-        extra={
-            'nn_parameters': result.policy.n_parameters if result.policy else None,
-            'network_return': float(result.final_return),
-            'sparse_policy_coefficients': (
-                result.sparse_policy.n_parameters if result.sparse_policy else None
-            ),
-            'sparse_policy_return': sparse_return,
-            'model_nonzero': result.model.n_nonzero if result.model else None,
-            'dyna_log': [finite_or_none(dict(entry)) for entry in result.log],
-        },
-    )
 
 
-def sindy_rl_settings(task_name: str, budget_scale: float) -> dict[str, Any]:
-    config, budget = sindy_rl_config(task_name)
+# -------------------------------------------------------------- SINDy-RL, ROS graph
+
+# What the graph is told that no node parameter expresses: these DynaConfig fields must stay
+# at their defaults for the graph to run the same loop as the core (checked).
+GRAPH_UNMAPPED = {
+    'ensemble': ('max_iter', 'n_candidates_to_drop', 'target', 'unbias', 'normalize_columns'),
+    'sac': (
+        'tau',
+        'buffer_size',
+        'initial_alpha',
+        'target_entropy',
+        'auto_entropy',
+        'log_std_min',
+        'log_std_max',
+        'return_window',
+    ),
+    'library': ('include_bias',),
+}
+# Above this threshold no return counts as solved: the graph runs to its budget (its run
+# supervisor has no stop_at_threshold parameter) and the benchmark finds the crossings.
+NEVER_REACHED = 1e12
+
+
+def graph_parameters(
+    task: TaskSpec, config, seed: int, stop_at_threshold: bool
+) -> dict[str, dict[str, Any]]:
+    """The node parameters that make the graph run the core loop's settings for ``seed``.
+
+    Raises
+    ------
+    ValueError
+        When a DynaConfig field that no node parameter expresses is not at its default.
+    """
+    from sindyrl_ros.core.dyna import DynaConfig
+
+    defaults = DynaConfig().to_dict()
+    used = config.to_dict()
+    for group, names in GRAPH_UNMAPPED.items():
+        for name in names:
+            if used[group][name] != defaults[group][name]:
+                raise ValueError(f'the graph has no parameter for {group}.{name}')
+    if config.sac.actor_lr != config.sac.critic_lr or config.sac.actor_lr != config.sac.alpha_lr:
+        raise ValueError('the graph has one sac_learning_rate for actor, critics and alpha')
+    library, ensemble, sac = config.library, config.ensemble, config.sac
+    shared: dict[str, Any] = {}
+    if not stop_at_threshold:
+        shared['threshold'] = NEVER_REACHED
     return {
-        'budget': max(1, int(round(budget * budget_scale))),
-        'eval_interval': config.steps_per_iteration,
-        'hyperparameters': {'dyna_config': config.to_dict(), 'torch_threads': TORCH_THREADS},
+        '/**': shared,
+        'plant': {'seed': int(seed)},
+        'controller': {'seed': int(seed), 'exploration_noise': float(config.exploration_noise)},
+        'model_updater': {
+            'seed': int(seed),
+            # One refit per chunk of exploration, as run_dyna refits at every hold.
+            'refit_every': int(config.steps_per_iteration),
+            'max_validation_error': float(config.max_validation_error),
+            'validation_horizon': int(config.validation_horizon),
+            'validation_fraction': float(config.validation_fraction),
+            'library_degree': int(library.degree),
+            'library_control': str(library.control),
+            'library_circle_reduction': bool(library.circle_reduction),
+            'ensemble_models': int(ensemble.n_models),
+            'stlsq_threshold': float(ensemble.threshold),
+            'ridge_alpha': float(ensemble.alpha),
+            'bagging': bool(ensemble.bagging),
+            'library_ensemble': bool(ensemble.library_ensemble),
+            'aggregate': str(ensemble.aggregate),
+            'n_start_observations': int(config.n_start_observations),
+        },
+        'policy_trainer': {
+            'seed': int(seed),
+            'surrogate_steps_first': int(config.surrogate_steps_first),
+            'surrogate_steps_per_model': int(config.surrogate_steps_per_model),
+            'surrogate_envs': int(config.surrogate_envs),
+            'start_noise': float(config.start_noise),
+            'sparse_degree': int(config.sparse_degree),
+            'sac_hidden': [int(width) for width in sac.hidden],
+            'sac_activation': str(sac.activation),
+            'sac_batch_size': int(sac.batch_size),
+            'sac_learning_starts': int(sac.learning_starts),
+            'sac_updates_per_step': float(sac.updates_per_step),
+            'sac_learning_rate': float(sac.actor_lr),
+            'sac_gamma': float(sac.gamma),
+            'device': str(sac.device),
+            'torch_threads': TORCH_THREADS,
+            'distill_sparse': True,
+            'deploy_policy': 'mlp',
+        },
+        'run_supervisor': {
+            'initial_steps': int(config.initial_steps),
+            'steps_per_iteration': int(config.steps_per_iteration),
+            'eval_episodes': EVAL_EPISODES,
+            'eval_every_policy': True,
+            'hold_for_policy': True,
+        },
     }
+
+
+GRAPH_DIFFERENCES = (
+    'The graph evaluates each new policy itself, on the plant, with eval_episodes episodes '
+    "from the plant's own reset stream (seeded once with the run seed); the benchmark "
+    'evaluates the policies the graph released, loaded from run_dir/policies, on the grid '
+    'like every other method (graph_curve keeps the on-plant evaluations).',
+    'Start observations for surrogate episodes: drawn per model with seed + model version '
+    '(model updater), from one generator seeded with the seed in run_dyna.',
+    'The policy trainer distils a sparse policy after every model before publishing it '
+    '(wall time only: the plant is held meanwhile); run_dyna distils once, at the end.',
+    'Between processes: DDS, lockstep plant, controller exploring with its own seeded noise.',
+)
+
+
+def graph_settings(task: TaskSpec, options: Options) -> dict[str, Any]:
+    config, budget = sindy_rl_config(task, 0, options)
+    parameters = graph_parameters(task, config, 0, options.stop_at_threshold)
+    for section in ('plant', 'controller', 'model_updater', 'policy_trainer'):
+        parameters[section]['seed'] = 'the run seed'
+    core = sindy_rl_settings(task, options)['hyperparameters']['dyna_config']
+    return {
+        'budget': budget,
+        'eval_interval': config.steps_per_iteration,
+        'hyperparameters': {
+            'graph_parameters': parameters,
+            'graph_parameter_base': f'config/{task.name}.yaml',
+            'core_dyna_config': core,
+            'differences_from_core_loop': list(GRAPH_DIFFERENCES),
+            'torch_threads': TORCH_THREADS,
+        },
+    }
+
+
+def graph_config_file(task: TaskSpec, parameters: dict, path: Path) -> None:
+    """config/<task>.yaml with ``parameters`` merged into its node sections."""
+    import yaml
+
+    from sindyrl_ros import graph
+
+    document = yaml.safe_load(graph.task_config(task.name).read_text())
+    for section, values in parameters.items():
+        if values:
+            node = document.setdefault(section, {}) or {}
+            document[section] = node
+            node.setdefault('ros__parameters', {}).update(values)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def run_graph_process(command: list[str], env: dict[str, str], label: str, log: Path) -> int:
+    """Run ``sindyrl-ros train``, its output shown with the seed's label and kept in ``log``."""
+    with open(log, 'w', encoding='utf-8') as kept:
+        process = subprocess.Popen(
+            command,
+            cwd=REPOSITORY,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors='replace',
+        )
+        try:
+            for line in process.stdout:
+                kept.write(line)
+                print(f'[{label}] {line.rstrip()}', flush=True)
+            return process.wait()
+        finally:
+            if process.poll() is None:  # interrupted: Ctrl-C reached it too; wait for it
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def run_sindy_rl_graph(task: TaskSpec, seed: int, options: Options) -> dict[str, Any]:
+    """One seed of SINDy-RL through the ROS graph: ``sindyrl-ros train`` on the sim backend.
+
+    The run's progress log says which policy was released at which real step; the policies
+    it saved are evaluated on the grid (and finally) exactly as the core loop's are.
+    """
+    from sindyrl_ros.core.policies import load_policy
+    from sindyrl_ros.core.progress import read_progress
+    from sindyrl_ros.ros_domains import DomainLease, localhost_environment
+
+    config, budget = sindy_rl_config(task, seed, options)
+    settings = graph_settings(task, options)
+    label = f'{task.name}/sindy_rl_graph seed {seed}'
+    parent = options.graph_runs or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(
+        tempfile.mkdtemp(
+            prefix=f'{task.name}-seed{seed}-{time.strftime("%Y%m%d-%H%M%S")}-', dir=parent
+        )
+    )
+    config_path = workdir / f'{task.name}.yaml'
+    run_dir = workdir / 'run'
+    graph_config_file(
+        task, graph_parameters(task, config, seed, options.stop_at_threshold), config_path
+    )
+    started = time.perf_counter()
+    lease = DomainLease()
+    try:
+        command = [
+            sys.executable,
+            '-m',
+            'sindyrl_ros.cli',
+            'train',
+            '--task',
+            task.name,
+            '--config',
+            str(config_path),
+            '--budget',
+            str(budget),
+            '--run-dir',
+            str(run_dir),
+            '--domain-id',
+            str(lease.domain_id),
+            '--timeout',
+            f'{options.graph_timeout_s:.0f}',
+        ]
+        print(f'[{label}] {" ".join(command)}', flush=True)
+        code = run_graph_process(
+            command, localhost_environment(lease.domain_id), label, workdir / 'train.log'
+        )
+    finally:
+        lease.release()
+    graph_wall = time.perf_counter() - started
+    summary_path = run_dir / 'summary.json'
+    # 0: threshold reached, 3: budget spent without reaching it (always so when the
+    # threshold parameter is out of reach); anything else is a failed run.
+    if code not in (0, 3) or not summary_path.exists():
+        raise RuntimeError(
+            f'{label}: sindyrl-ros train exited with code {code}; output in '
+            f'{workdir / "train.log"}, node logs in {run_dir / "logs"}'
+        )
+    summary = json.loads(summary_path.read_text())
+    events, skipped = read_progress(run_dir)
+    releases = [
+        [int(event['real_steps']), event.get('policy_version')]
+        for event in events
+        if event.get('event') == 'release'
+    ]
+    graph_curve = [
+        [int(event['real_steps']), float(event['eval_return_mean'])]
+        for event in events
+        if event.get('event') == 'evaluation' and event.get('eval_return_mean') is not None
+    ]
+
+    def policy_file(kind: str, version) -> Path:
+        return run_dir / 'policies' / f'{kind}_{version}.json'
+
+    def load(kind: str, version):
+        return load_policy(policy_file(kind, version), task.observation_names, task.action_names)
+
+    grid = GridEvaluator(task, label, time.perf_counter())
+    in_force = PolicyInForce(grid, config.steps_per_iteration, budget, safe_command_policy(task))
+    for real_steps, version in releases:
+        in_force.release(load('policy', version), version, real_steps)
+    real_steps = int(summary.get('real_steps') or 0)
+    in_force.catch_up(real_steps)
+    final_version = in_force.version
+    if final_version is None:
+        final = grid.final(in_force.policy, 'safe command (no policy released)')
+        sparse = None
+    else:
+        final = grid.final(in_force.policy, f'final policy v{final_version}')
+        sparse_path = policy_file('sparse', final_version)
+        sparse = load('sparse', final_version) if sparse_path.exists() else None
+    sparse_final = grid.final(sparse, 'sparse policy') if sparse is not None else None
+    record = {
+        'curves': grid.curve,
+        'final_return': grid.curve[-1][1] if grid.curve else None,
+        **final_fields(final),
+        'wall_time_s': graph_wall + grid.seconds + grid.final_seconds,
+        'eval_time_s': grid.seconds,
+        'eval_steps': grid.steps,
+        'final_eval_steps': grid.final_steps,
+        'real_steps': real_steps,
+        'nn_parameters': in_force.policy.n_parameters if final_version is not None else None,
+        'sparse_policy_coefficients': sparse.n_parameters if sparse is not None else None,
+        'sparse_policy_return_50': (
+            float(sparse_final.mean_return) if sparse_final is not None else None
+        ),
+        'model_nonzero': summary.get('model_nonzero'),
+        'graph_curve': graph_curve,
+        'graph_steps_to_threshold': first_crossing(graph_curve, task.threshold),
+        'graph_eval_steps': summary.get('eval_steps'),
+        'graph_wall_time_s': graph_wall,
+        'held_wall_time_s': summary.get('held_wall_time_s'),
+        'releases': releases,
+        'final_policy_version': final_version,
+        'stop_reason': summary.get('stop_reason'),
+        'progress_lines_skipped': skipped,
+    }
+    crossings(record, task, settings, options)
+    print_done(label, record)
+    if options.graph_runs is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f'[{label}] run kept in {workdir}', flush=True)
+    return record
+
+
+# ------------------------------------------------------------------ SB3 baselines, runs
 
 
 def make_training_env(task: TaskSpec, spec: BaselineSpec, seed: int):
@@ -350,86 +931,91 @@ def make_training_env(task: TaskSpec, spec: BaselineSpec, seed: int):
     return env
 
 
-def run_baseline(
-    task: TaskSpec, method: str, seed: int, budget_scale: float, stop: bool
-) -> RunRecord:
-    """One seed of SB3 SAC or PPO, evaluated every ``eval_interval`` real steps."""
+def run_baseline(task: TaskSpec, method: str, seed: int, options: Options) -> dict[str, Any]:
+    """One seed of SB3 SAC or PPO, the policy in force evaluated at every grid point.
+
+    SAC's policy changes only at its gradient updates, which follow each rollout of
+    ``train_freq`` steps; PPO's only at the end of a rollout.  A grid point is therefore
+    evaluated at the start of the first rollout at or after it (after the updates on all
+    data so far: the policy evaluated at N steps has learnt from exactly N), and, for PPO,
+    in the middle of a rollout, where the policy in force is the one collecting it.
+    """
     import stable_baselines3
     from stable_baselines3.common.callbacks import BaseCallback
 
     spec = BASELINES[(task.name, method)]
-    budget = max(1, int(round(spec.budget * budget_scale)))
-    interval = min(spec.eval_interval, budget)
-    evaluator = Evaluator(task)
+    settings = baseline_settings(task.name, method, options)
+    budget, interval = settings['budget'], settings['eval_interval']
+    if seed + spec.n_envs >= TRAINING_SEED_LIMIT:
+        raise ValueError(f'seed {seed}: training resets would reach {TRAINING_SEED_LIMIT}')
     label = f'{task.name}/{method} seed {seed}'
-    curve: list[list[float]] = []
-    reached: list[int] = []
     started = time.perf_counter()
+    grid = GridEvaluator(task, label, started)
 
     env = make_training_env(task, spec, seed)
     algorithm = {'sac': stable_baselines3.SAC, 'ppo': stable_baselines3.PPO}[method]
     kwargs = json.loads(json.dumps(spec.kwargs))  # a copy SB3 may not mutate
     model = algorithm('MlpPolicy', env, seed=seed, device='cpu', verbose=0, **kwargs)
+    on_policy = method == 'ppo'
 
     def act(observation: np.ndarray) -> np.ndarray:
         if spec.normalize:
-            observation = env.normalize_obs(observation)  # frozen training statistics
+            observation = env.normalize_obs(observation)  # the statistics in force
         action, _ = model.predict(observation, deterministic=True)
         return action
 
-    class EvaluateEveryInterval(BaseCallback):
-        # Evaluated at the start of a rollout, i.e. right after the gradient updates on
-        # all data so far: the policy evaluated at N steps has learnt from exactly N.
+    class EvaluateOnGrid(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.next_eval = interval
+            self.next_point = interval
             self.stop = False
 
-        def evaluate(self) -> None:
+        def evaluate_due(self) -> None:
             steps = int(self.model.num_timesteps)
-            mean_return = evaluator(act)
-            curve.append([steps, mean_return])
-            print_point(label, steps, mean_return, started)
-            if mean_return >= task.threshold and not reached:
-                reached.append(steps)
-                self.stop = stop
-            while self.next_eval <= steps:
-                self.next_eval += interval
+            while not self.stop and self.next_point <= min(steps, budget):
+                if steps != self.next_point:
+                    raise RuntimeError(
+                        f'{label}: grid point {self.next_point} evaluated at {steps} steps'
+                    )
+                mean_return = grid.at(act, self.next_point)
+                self.next_point += interval
+                if mean_return >= task.threshold and options.stop_at_threshold:
+                    self.stop = True
 
         def _on_rollout_start(self) -> None:
-            if self.model.num_timesteps >= self.next_eval and not self.stop:
-                self.evaluate()
+            self.evaluate_due()
 
         def _on_step(self) -> bool:
+            # PPO: within a rollout the policy in force is the one collecting it; its last
+            # step's point waits for the update (the next rollout start or the end).
+            if on_policy and self.locals.get('n_steps', 0) + 1 < self.locals.get(
+                'n_rollout_steps', 0
+            ):
+                self.evaluate_due()
             return not self.stop
 
         def _on_training_end(self) -> None:
-            if not self.stop and (not curve or curve[-1][0] < self.model.num_timesteps):
-                self.evaluate()
+            self.evaluate_due()
 
-    model.learn(total_timesteps=budget, callback=EvaluateEveryInterval())
+    model.learn(total_timesteps=budget, callback=EvaluateOnGrid())
+    final = grid.final(act)
     wall = time.perf_counter() - started
     env.close()
-    steps_to_threshold = reached[0] if reached else None
-    print(
-        f'[{label}] done: steps to threshold {steps_to_threshold}, final return '
-        f'{curve[-1][1]:.1f}, {wall:.1f} s',
-        flush=True,
-    )
-    return RunRecord(
-        seed=seed,
-        curve=curve,
-        steps_to_threshold=steps_to_threshold,
-        final_return=float(curve[-1][1]),
-        wall_time_s=wall,
-        eval_time_s=evaluator.seconds,
-        eval_steps=evaluator.steps,
-        real_steps=int(model.num_timesteps),
-        extra={
-            'nn_parameters': policy_parameter_count(model, method),
-            'sb3_resolved_hyperparameters': resolved_hyperparameters(model),
-        },
-    )
+    record = {
+        'curves': grid.curve,
+        'final_return': grid.curve[-1][1] if grid.curve else None,
+        **final_fields(final),
+        'wall_time_s': wall,
+        'eval_time_s': grid.seconds,
+        'eval_steps': grid.steps,
+        'final_eval_steps': grid.final_steps,
+        'real_steps': int(model.num_timesteps),
+        'nn_parameters': policy_parameter_count(model, method),
+        'sb3_resolved_hyperparameters': resolved_hyperparameters(model),
+    }
+    crossings(record, task, settings, options)
+    print_done(label, record)
+    return record
 
 
 def policy_parameter_count(model, method: str) -> int:
@@ -477,97 +1063,192 @@ def resolved_hyperparameters(model) -> dict[str, Any]:
     return values
 
 
-def baseline_settings(task_name: str, method: str, budget_scale: float) -> dict[str, Any]:
+def baseline_settings(task_name: str, method: str, options: Options) -> dict[str, Any]:
     spec = BASELINES[(task_name, method)]
-    budget = max(1, int(round(spec.budget * budget_scale)))
+    interval = spec.eval_interval
+    train_freq = spec.kwargs.get('train_freq', 1)
+    if interval % GRID_INTERVAL[task_name] or interval % spec.n_envs or interval % train_freq:
+        raise ValueError(
+            f'{task_name}/{method}: eval_interval {interval} must be a multiple of the grid '
+            f'({GRID_INTERVAL[task_name]}), n_envs ({spec.n_envs}) and train_freq ({train_freq})'
+        )
     return {
-        'budget': budget,
-        'eval_interval': min(spec.eval_interval, budget),
+        'budget': scaled_budget(spec.budget, interval, options.budget_scale),
+        'eval_interval': interval,
         'hyperparameters': spec.to_dict(),
     }
 
 
+def method_settings(task: TaskSpec, method: str, options: Options) -> dict[str, Any]:
+    if method == 'sindy_rl':
+        return sindy_rl_settings(task, options)
+    if method == 'sindy_rl_graph':
+        return graph_settings(task, options)
+    return baseline_settings(task.name, method, options)
+
+
+def run_seed(task: TaskSpec, method: str, seed: int, options: Options) -> dict[str, Any]:
+    if method == 'sindy_rl':
+        return run_sindy_rl(task, seed, options)
+    if method == 'sindy_rl_graph':
+        return run_sindy_rl_graph(task, seed, options)
+    return run_baseline(task, method, seed, options)
+
+
 # ----------------------------------------------------------------- results file
 
-PER_SEED_FIELDS = (
-    'steps_to_threshold',
-    'final_return',
-    'wall_time_s',
-    'eval_time_s',
-    'eval_steps',
-    'real_steps',
-    'curves',
-)
-SINDY_FIELDS = (
-    'nn_parameters',
-    'network_return',
-    'sparse_policy_coefficients',
-    'sparse_policy_return',
-    'model_nonzero',
-    'dyna_log',
-)
 
+def task_knowledge(task: TaskSpec) -> dict[str, Any]:
+    """What SINDy-RL is told about the task that SAC and PPO learn from returns only."""
+    from sindyrl_ros.core import reward
 
-def protocol(settings: dict[str, Any], task: TaskSpec, stop: bool) -> dict[str, Any]:
-    """Everything that must match for seeds to be pooled in one entry."""
+    function = reward.REWARDS.get(task.reward)
+    # The reward's docstring up to its Parameters section: what it is and its formula.
+    description = (
+        (function.__doc__ or '').split('Parameters\n')[0].replace('``', '`').replace('*', '')
+        if function is not None
+        else f'the expression {task.reward}'
+    )
     return {
+        'reward': task.reward,
+        'reward_description': ' '.join(description.split()),
+        'observation_names': list(task.observation_names),
+        'observation_low': task.observation_low.tolist(),
+        'observation_high': task.observation_high.tolist(),
+        'saturation': {name: list(limits) for name, limits in task.saturation.items()},
+        'angle_pairs': [list(pair) for pair in task.angle_pairs],
+        'use': 'the surrogate computes the exact reward of every model step; recorded '
+        'transitions outside the observation bounds are not fitted and surrogate episodes '
+        'end there; saturated features are clipped by the model; (cos, sin) pairs are '
+        'kept on the unit circle',
+    }
+
+
+def protocol(task: TaskSpec, method: str, settings: dict[str, Any], options: Options) -> dict:
+    """Everything that must match for seeds to be pooled in one entry."""
+    grid = GRID_INTERVAL[task.name]
+    interval = settings['eval_interval']
+    block = {
         'threshold': task.threshold,
         'budget_real_steps': settings['budget'],
         'evaluation': {
             'episodes': EVAL_EPISODES,
             'deterministic': True,
-            'episode_seeds': f'reset(seed={EVAL_SEED} + i), i = 0..{EVAL_EPISODES - 1}',
-            'environment': 'a separate instance of the real environment',
-            'interval_real_steps': settings['eval_interval'],
+            'grid_interval_real_steps': grid,
+            'interval_real_steps': interval,
+            'when': f'at every multiple g of {interval} real training steps up to the budget: '
+            'the policy in force at g (the one acting on real step g + 1, trained on the '
+            'first g steps; before any SINDy-RL policy: the safe command)',
+            'episode_seeds': f'at g: reset(seed={EVAL_SEED} + {EVAL_SEED_STRIDE} * (g // '
+            f'{grid}) + i), i = 0..{EVAL_EPISODES - 1}: fresh at every grid point, the same '
+            'for every method and seed at the same g',
+            'environment': 'a separate instance of the real environment per evaluation',
             'eval_steps_excluded_from_real_steps': True,
         },
-        'stop_at_threshold': stop,
+        'final_evaluation': {
+            'episodes': FINAL_EVAL_EPISODES,
+            'deterministic': True,
+            'policy': 'the policy the run ends with (and, for SINDy-RL, its sparse policy)',
+            'episode_seeds': f'reset(seed={FINAL_EVAL_SEED} + i), i = 0..'
+            f'{FINAL_EVAL_EPISODES - 1}',
+        },
+        'training_seeds': f'below {TRAINING_SEED_LIMIT}: run_dyna resets with seed + episode, '
+        'SB3 seeds env i with seed + i once, the graph seeds its plant once with the seed',
+        'stop_at_threshold': options.stop_at_threshold,
+        'held_measured': not options.stop_at_threshold,
         'hyperparameters': settings['hyperparameters'],
+        'task_knowledge': task_knowledge(task),
+        'debug_budget_scale': None if options.budget_scale == 1.0 else options.budget_scale,
+        'debug_surrogate_scale': (
+            None
+            if options.surrogate_scale == 1.0 or method not in SINDY_METHODS
+            else options.surrogate_scale
+        ),
     }
+    if method == 'sindy_rl_graph':
+        block['graph'] = {
+            'command': 'sindyrl-ros train --task <task> --config <config/<task>.yaml with '
+            'hyperparameters.graph_parameters> --budget <budget> --run-dir <dir> '
+            '--domain-id <a leased domain>',
+            'backend': 'sim (embedded plant, lockstep)',
+            'threshold_parameter': None if options.stop_at_threshold else NEVER_REACHED,
+        }
+    return block
 
 
-def seed_rows(entry: dict) -> dict[int, dict[str, Any]]:
+# Per-seed fields of every method, and of some.
+PER_SEED_FIELDS = (
+    'steps_to_threshold',
+    'steps_to_held_threshold',
+    'final_return',
+    'final_eval_return_50',
+    'final_eval_returns_50',
+    'wall_time_s',
+    'eval_time_s',
+    'eval_steps',
+    'final_eval_steps',
+    'real_steps',
+    'curves',
+    'nn_parameters',
+    'provenance',
+)
+METHOD_FIELDS = {
+    'sindy_rl': (
+        'sparse_policy_coefficients',
+        'sparse_policy_return_50',
+        'model_nonzero',
+        'dyna_log',
+    ),
+    'sindy_rl_graph': (
+        'sparse_policy_coefficients',
+        'sparse_policy_return_50',
+        'model_nonzero',
+        'graph_curve',
+        'graph_steps_to_threshold',
+        'graph_eval_steps',
+        'graph_wall_time_s',
+        'held_wall_time_s',
+        'releases',
+        'final_policy_version',
+        'stop_reason',
+        'progress_lines_skipped',
+    ),
+}
+
+
+def seed_fields(method: str) -> tuple[str, ...]:
+    return PER_SEED_FIELDS + METHOD_FIELDS.get(method, ())
+
+
+def seed_rows(entry: dict, method: str) -> dict[int, dict[str, Any]]:
     """The per-seed lists of an entry, regrouped by seed."""
     rows: dict[int, dict[str, Any]] = {}
     for index, seed in enumerate(entry.get('seeds', [])):
         rows[int(seed)] = {
             name: entry[name][index]
-            for name in (*PER_SEED_FIELDS, *SINDY_FIELDS)
+            for name in seed_fields(method)
             if name in entry and index < len(entry[name])
         }
     return rows
 
 
-def store_run(entry: dict, record: RunRecord, method: str) -> None:
+def store_run(entry: dict, method: str, seed: int, record: dict[str, Any]) -> None:
     """Add (or replace) one seed in an entry, keeping the lists ordered by seed."""
-    rows = seed_rows(entry)
-    row = {
-        'steps_to_threshold': record.steps_to_threshold,
-        'final_return': record.final_return,
-        'wall_time_s': record.wall_time_s,
-        'eval_time_s': record.eval_time_s,
-        'eval_steps': record.eval_steps,
-        'real_steps': record.real_steps,
-        'curves': record.curve,
-    }
-    if method == 'sindy_rl':
-        row.update({name: record.extra.get(name) for name in SINDY_FIELDS})
-    else:
-        row['nn_parameters'] = record.extra.get('nn_parameters')
-        entry['sb3_resolved_hyperparameters'] = record.extra.get('sb3_resolved_hyperparameters')
-    rows[record.seed] = row
+    rows = seed_rows(entry, method)
+    if 'sb3_resolved_hyperparameters' in record:
+        entry['sb3_resolved_hyperparameters'] = record['sb3_resolved_hyperparameters']
+    rows[int(seed)] = {name: record.get(name) for name in seed_fields(method)}
     seeds = sorted(rows)
     entry['seeds'] = seeds
-    names = PER_SEED_FIELDS + (SINDY_FIELDS if method == 'sindy_rl' else ('nn_parameters',))
-    for name in names:
-        entry[name] = [rows[seed].get(name) for seed in seeds]
+    for name in seed_fields(method):
+        entry[name] = [rows[s].get(name) for s in seeds]
 
 
 def median_steps(values: list[int | None], budget: int) -> tuple[float | None, bool]:
-    """Median steps to threshold, counting "never reached" as more than the budget.
+    """Median steps, counting "never" (None) as more than the budget.
 
-    Returns (value, is_lower_bound): when the median falls on a run that never reached
-    the threshold, the median with those runs set to the budget is a lower bound.
+    Returns (value, is_lower_bound): when the median falls on a run that never got there,
+    the median with those runs set to the budget is a lower bound.
     """
     if not values:
         return None, False
@@ -577,62 +1258,104 @@ def median_steps(values: list[int | None], budget: int) -> tuple[float | None, b
     return float(statistics.median([budget if v is None else v for v in values])), True
 
 
+def median_of(values: list) -> float | None:
+    present = [v for v in values or [] if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
 def summarise(document: dict) -> dict[str, Any]:
-    """Medians per task and method, and SINDy-RL's step ratios to each baseline."""
+    """Medians per task and method, SINDy-RL's step ratios, and graph / core ratios."""
     summary: dict[str, Any] = {}
     for task_name, methods in document.get('tasks', {}).items():
         task_summary: dict[str, Any] = {}
         for method, entry in methods.items():
             budget = entry['budget_real_steps']
-            steps, lower = median_steps(entry['steps_to_threshold'], budget)
-            values = {
+            values: dict[str, Any] = {
                 'seeds': len(entry['seeds']),
                 'reached': sum(v is not None for v in entry['steps_to_threshold']),
-                'median_steps_to_threshold': None if lower else steps,
-                'median_steps_to_threshold_lower_bound': steps if lower else None,
-                'median_final_return': statistics.median(entry['final_return']),
-                'median_wall_time_s': statistics.median(entry['wall_time_s']),
+                'held': (
+                    sum(v is not None for v in entry['steps_to_held_threshold'])
+                    if entry.get('held_measured')
+                    else None
+                ),
             }
-            for name in ('nn_parameters', 'sparse_policy_coefficients'):
-                if entry.get(name) and all(v is not None for v in entry[name]):
-                    values[f'median_{name}'] = statistics.median(entry[name])
-            for name in ('sparse_policy_return', 'network_return'):
-                present = [v for v in entry.get(name, []) if v is not None]
-                if present:
-                    values[f'median_{name}'] = statistics.median(present)
+            for name in ('steps_to_threshold', 'steps_to_held_threshold'):
+                if name == 'steps_to_held_threshold' and not entry.get('held_measured'):
+                    values[f'median_{name}'] = None
+                    values[f'median_{name}_lower_bound'] = None
+                    continue
+                steps, lower = median_steps(entry[name], budget)
+                values[f'median_{name}'] = None if lower else steps
+                values[f'median_{name}_lower_bound'] = steps if lower else None
+            for name in (
+                'final_eval_return_50',
+                'final_return',
+                'wall_time_s',
+                'eval_steps',
+                'final_eval_steps',
+                'real_steps',
+                'nn_parameters',
+                'sparse_policy_coefficients',
+                'sparse_policy_return_50',
+            ):
+                if name in entry:
+                    values[f'median_{name}'] = median_of(entry[name])
+            if 'graph_steps_to_threshold' in entry:
+                steps, lower = median_steps(entry['graph_steps_to_threshold'], budget)
+                values['median_graph_steps_to_threshold'] = None if lower else steps
+                values['median_graph_steps_to_threshold_lower_bound'] = steps if lower else None
             task_summary[method] = values
-        sindy = task_summary.get('sindy_rl')
-        if sindy:
-            for baseline in ('sac', 'ppo'):
-                if baseline in task_summary:
-                    sindy[f'step_ratio_vs_{baseline}'] = step_ratio(
-                        sindy, methods['sindy_rl'], task_summary[baseline], methods[baseline]
+        for ours in SINDY_METHODS:
+            if ours not in task_summary:
+                continue
+            for baseline in BASELINE_METHODS:
+                if baseline not in task_summary:
+                    continue
+                for name, key in (
+                    ('first', 'steps_to_threshold'),
+                    ('held', 'steps_to_held_threshold'),
+                ):
+                    task_summary[ours][f'step_ratio_{name}_vs_{baseline}'] = step_ratio(
+                        task_summary[ours], task_summary[baseline], key
                     )
+        if 'sindy_rl' in task_summary and 'sindy_rl_graph' in task_summary:
+            core, graph = task_summary['sindy_rl'], task_summary['sindy_rl_graph']
+            ratios = {
+                key: step_ratio(core, graph, key)
+                for key in ('steps_to_threshold', 'steps_to_held_threshold')
+            }
+            for key in ('final_eval_return_50', 'wall_time_s'):
+                a, b = core.get(f'median_{key}'), graph.get(f'median_{key}')
+                ratios[key] = {
+                    'core': a,
+                    'graph': b,
+                    'ratio': b / a if a not in (None, 0) and b is not None else None,
+                }
+            task_summary['graph_vs_core'] = ratios
         summary[task_name] = task_summary
     return summary
 
 
-def step_ratio(sindy: dict, sindy_entry: dict, baseline: dict, baseline_entry: dict) -> dict:
-    """How many times fewer real steps SINDy-RL needed (baseline / SINDy-RL medians)."""
-    ours = sindy['median_steps_to_threshold']
-    theirs = baseline['median_steps_to_threshold']
-    theirs_low = baseline['median_steps_to_threshold_lower_bound']
-    if ours is not None and theirs is not None:
-        return {'value': theirs / ours, 'bound': 'exact'}
-    if ours is not None and theirs_low is not None:
+def step_ratio(ours: dict, theirs: dict, key: str) -> dict:
+    """theirs / ours of the median ``key`` (e.g. baseline / SINDy-RL: how many times fewer
+    real steps SINDy-RL needed), with the bound a censored median gives."""
+    mine, mine_low = ours.get(f'median_{key}'), ours.get(f'median_{key}_lower_bound')
+    other, other_low = theirs.get(f'median_{key}'), theirs.get(f'median_{key}_lower_bound')
+    if mine is not None and other is not None:
+        return {'value': other / mine, 'bound': 'exact'}
+    if mine is not None and other_low is not None:
         return {
-            'value': theirs_low / ours,
+            'value': other_low / mine,
             'bound': 'lower',
-            'note': 'the baseline median did not reach the threshold within its budget',
+            'note': 'the numerator median did not get there within its budget',
         }
-    if ours is None and theirs is not None:
-        ours_low = sindy['median_steps_to_threshold_lower_bound']
+    if mine_low is not None and other is not None:
         return {
-            'value': theirs / ours_low,
+            'value': other / mine_low,
             'bound': 'upper',
-            'note': 'the SINDy-RL median did not reach the threshold within its budget',
+            'note': 'the denominator median did not get there within its budget',
         }
-    return {'value': None, 'bound': None, 'note': 'neither median reached the threshold'}
+    return {'value': None, 'bound': None, 'note': 'not measured, or neither median got there'}
 
 
 # -------------------------------------------------------------------- reports
@@ -644,66 +1367,167 @@ def ordered(mapping: dict, order: tuple[str, ...]) -> list[tuple[str, Any]]:
     return sorted(mapping.items(), key=lambda item: (rank.get(item[0], len(order)), item[0]))
 
 
+def steps_cell(values: dict, key: str, per_seed: list | None, measured: bool = True) -> str:
+    if not measured:
+        return 'not measured (runs stopped at the first crossing)'
+    if values.get(f'median_{key}') is not None:
+        median = f'{values[f"median_{key}"]:,.0f}'
+    elif values.get(f'median_{key}_lower_bound') is not None:
+        median = f'≥ {values[f"median_{key}_lower_bound"]:,.0f}'
+    else:
+        median = '–'
+    seeds = ', '.join('never' if v is None else f'{v:,}' for v in per_seed or [])
+    return f'{median} ({seeds})'
+
+
+def number(value: Any, digits: int = 1) -> str:
+    return '–' if value is None else f'{value:,.{digits}f}'
+
+
+def ratio_text(ratio: dict | None) -> str | None:
+    if not ratio or ratio.get('value') is None:
+        return None
+    sign = {'exact': '', 'lower': '≥ ', 'upper': '≤ '}[ratio['bound']]
+    return f'{sign}{ratio["value"]:.1f}×'
+
+
+def knowledge_text(knowledge: dict) -> str:
+    bounds = ', '.join(
+        f'{name} ∈ [{low:g}, {high:g}]'
+        for name, low, high in zip(
+            knowledge['observation_names'],
+            knowledge['observation_low'],
+            knowledge['observation_high'],
+        )
+    )
+    saturation = ', '.join(
+        f'{name} clipped to [{low:g}, {high:g}]'
+        for name, (low, high) in knowledge.get('saturation', {}).items()
+    )
+    pairs = ', '.join(
+        f'({knowledge["observation_names"][i]}, {knowledge["observation_names"][j]})'
+        for i, j in knowledge.get('angle_pairs', [])
+    )
+    text = (
+        f'Task knowledge SINDy-RL uses that SAC and PPO learn from returns: the exact reward '
+        f'function `{knowledge["reward"]}` ({knowledge["reward_description"].rstrip(".")}), '
+        'computed by the surrogate for every model step; the observation bounds '
+        f'{bounds} (recorded transitions outside are not fitted, surrogate episodes end there)'
+    )
+    if saturation:
+        text += f'; the saturation {saturation} (the model clips its predictions there)'
+    if pairs:
+        text += f'; the angle pairs {pairs} (kept on the unit circle)'
+    return text + '.'
+
+
 def markdown_report(document: dict) -> str:
-    """Summary table per task, ratios, and the protocol in a few lines."""
+    """Summary table per task, ratios, task knowledge, and the protocol in a few lines."""
     lines = [
         '# Sample efficiency: SINDy-RL vs SAC and PPO',
         '',
         f'Generated {document.get("date")} by `{document.get("command")}`',
         f'on {document["machine"]["cpu_model"]} ({document["machine"]["cores"]} cores), '
-        f'{document["machine"]["os"]}.',
+        f'{document["machine"]["os"]}; commit {(document.get("git") or {}).get("commit")}'
+        f'{" (work tree dirty)" if (document.get("git") or {}).get("dirty") else ""}. Each '
+        'seed records its own commit, command and machine (`provenance`).',
         '',
-        'Real steps exclude evaluation episodes (10 deterministic episodes on a separate env '
-        'instance at each evaluation point). Medians over seeds; "never" = threshold not '
-        'reached within the budget, counted as more than the budget; "≥" marks a lower '
-        'bound. Ratio = baseline median real steps / SINDy-RL median real steps.',
+        f"Protocol (version {RESULTS_VERSION}): every method is evaluated on the task's grid "
+        'of real training steps; at each grid point g the policy in force (trained on the '
+        f'first g real steps) runs {EVAL_EPISODES} deterministic episodes on a separate '
+        'instance of the real environment, from start states that are fresh at every grid '
+        'point, the same for every method at the same g, and never used in training. '
+        '"First crossing" = the first grid point at or above the threshold; "held" = the first '
+        'grid point from which every later evaluation up to the budget is at or above it. '
+        f'"Final" = {FINAL_EVAL_EPISODES} episodes of the policy the run ends with, from yet '
+        'another seed stream. Real steps exclude evaluation episodes (counted in the eval '
+        'steps column). Medians over seeds; "never" = not within the budget, counted as more '
+        'than the budget; "≥" marks a lower bound. Ratio = baseline median real steps / '
+        'SINDy-RL median real steps.',
         '',
     ]
     for task_name, methods in ordered(document.get('tasks', {}), TASK_NAMES):
         methods = dict(ordered(methods, METHODS))
         summary = document['summary'][task_name]
-        threshold = next(iter(methods.values()))['threshold']
+        first = next(iter(methods.values()))
         lines += [
-            f'## {task_name} (threshold {threshold:g})',
+            f'## {task_name} (threshold {first["threshold"]:g})',
             '',
-            '| method | seeds (reached) | budget | median steps to threshold (per seed) '
-            '| median final return | median wall time | policy size |',
-            '|---|---|---|---|---|---|---|',
+            '| method | seeds (reached / held) | budget | evaluated every '
+            '| first crossing: median (per seed) | held from: median (per seed) '
+            f'| final return, {FINAL_EVAL_EPISODES} episodes | eval steps (real steps) '
+            '| wall time | policy size |',
+            '|---|---|---|---|---|---|---|---|---|---|',
         ]
         for method, entry in methods.items():
             values = summary[method]
-            if values['median_steps_to_threshold'] is not None:
-                median = f'{values["median_steps_to_threshold"]:,.0f}'
-            else:
-                median = f'≥ {values["median_steps_to_threshold_lower_bound"]:,.0f}'
-            per_seed = ', '.join(
-                'never' if v is None else f'{v:,}' for v in entry['steps_to_threshold']
+            measured = bool(entry.get('held_measured'))
+            held = values['held'] if measured else '–'
+            held_cell = steps_cell(
+                values, 'steps_to_held_threshold', entry['steps_to_held_threshold'], measured
             )
-            size = f'{values.get("median_nn_parameters", 0):,.0f} NN parameters'
-            if method == 'sindy_rl' and 'median_sparse_policy_coefficients' in values:
-                sparse_return = values.get('median_sparse_policy_return', math.nan)
-                network_return = values.get('median_network_return', math.nan)
+            size = f'{number(values.get("median_nn_parameters"), 0)} NN parameters'
+            if method in SINDY_METHODS and values.get('median_sparse_policy_coefficients'):
                 size += (
                     f'; sparse policy {values["median_sparse_policy_coefficients"]:,.0f} '
-                    f'coefficients, return {sparse_return:.1f} (network {network_return:.1f})'
+                    'coefficients, final return '
+                    f'{number(values.get("median_sparse_policy_return_50"))}'
                 )
-            if entry.get('debug_budget_scale') is not None:
-                size += f' **(debug budget scale {entry["debug_budget_scale"]})**'
+            scales = [
+                f'{name} {entry[key]}'
+                for name, key in (
+                    ('budget scale', 'debug_budget_scale'),
+                    ('surrogate scale', 'debug_surrogate_scale'),
+                )
+                if entry.get(key) is not None
+            ]
+            if scales:
+                size += f' **(debug: {", ".join(scales)})**'
             lines.append(
-                f'| {METHOD_LABELS[method]} | {values["seeds"]} ({values["reached"]}) '
-                f'| {entry["budget_real_steps"]:,} | {median} ({per_seed}) '
-                f'| {values["median_final_return"]:.1f} | {values["median_wall_time_s"]:.0f} s '
-                f'| {size} |'
+                f'| {METHOD_LABELS.get(method, method)} | {values["seeds"]} '
+                f'({values["reached"]} / {held}) | {entry["budget_real_steps"]:,} '
+                f'| {entry["evaluation"]["interval_real_steps"]:,} '
+                f'| {steps_cell(values, "steps_to_threshold", entry["steps_to_threshold"])} '
+                f'| {held_cell} '
+                f'| {number(values.get("median_final_eval_return_50"))} '
+                f'| {number(values.get("median_eval_steps"), 0)} '
+                f'({number(values.get("median_real_steps"), 0)}) '
+                f'| {number(values.get("median_wall_time_s"), 0)} s | {size} |'
             )
-        sindy = summary.get('sindy_rl', {})
-        for baseline in ('sac', 'ppo'):
-            ratio = sindy.get(f'step_ratio_vs_{baseline}')
-            if ratio and ratio['value'] is not None:
-                sign = {'exact': '', 'lower': '≥ ', 'upper': '≤ '}[ratio['bound']]
-                lines.append(
-                    f'\nSINDy-RL needs {sign}{ratio["value"]:.1f}× fewer real steps than '
-                    f'{METHOD_LABELS[baseline]}.'
+        for ours in SINDY_METHODS:
+            for baseline in BASELINE_METHODS:
+                first_ratio = ratio_text(
+                    summary.get(ours, {}).get(f'step_ratio_first_vs_{baseline}')
                 )
+                held_ratio = ratio_text(
+                    summary.get(ours, {}).get(f'step_ratio_held_vs_{baseline}')
+                )
+                if first_ratio or held_ratio:
+                    lines.append(
+                        f'\n{METHOD_LABELS[ours]} needs {first_ratio or "–"} fewer real steps '
+                        f'than {METHOD_LABELS[baseline]} to the first crossing, '
+                        f'{held_ratio or "–"} to the held threshold.'
+                    )
+        versus = summary.get('graph_vs_core')
+        if versus:
+            graph_values = summary['sindy_rl_graph']
+            graph_own = methods['sindy_rl_graph'].get('graph_steps_to_threshold')
+            lines.append(
+                '\nGraph / core loop, ratio of medians: real steps to the first crossing '
+                f'{ratio_text(versus["steps_to_threshold"]) or "–"}, to the held threshold '
+                f'{ratio_text(versus["steps_to_held_threshold"]) or "–"}; final return '
+                f'{number(versus["final_eval_return_50"]["graph"])} (graph) vs '
+                f'{number(versus["final_eval_return_50"]["core"])} (core); wall time '
+                f"{number(versus['wall_time_s']['ratio'], 2)}×. The graph's own on-plant "
+                'evaluations, at the real steps it released each policy: first crossing '
+                f'{steps_cell(graph_values, "graph_steps_to_threshold", graph_own)}. The graph '
+                'spends a few real steps at every mode switch (counted as training steps), so '
+                "its policies are released just after the grid points the core loop's are "
+                'released on, and are in force from the next one.'
+            )
+        knowledge = first.get('task_knowledge')
+        if knowledge:
+            lines.append(f'\n{knowledge_text(knowledge)}')
         notes = {
             entry['hyperparameters'].get('note')
             for entry in methods.values()
@@ -712,6 +1536,11 @@ def markdown_report(document: dict) -> str:
         notes |= {entry.get('seeds_note') for entry in methods.values()}
         for note in sorted(n for n in notes if n):
             lines.append(f'\nNote: {note}')
+        if task_name == 'cartpole_swingup' and 'sindy_rl_graph' not in methods:
+            lines.append(
+                '\nNote: the ROS graph is measured on the pendulum only by default (run time); '
+                'the swing-up is measured with the core loop, which drives the same protocol.'
+            )
         lines.append('')
     return '\n'.join(lines) + '\n'
 
@@ -801,16 +1630,37 @@ def results_lock(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+OLD_VERSION_ANNOUNCED: set[Path] = set()
+
+
 def load_document(out: Path) -> dict:
-    document = read_json(out / f'{RESULTS_NAME}.json')
+    """The results document in ``out``; a fresh one when there is none or it is of an older
+    protocol version (the old file is kept as ``<name>.v<version>.json``, never mixed in)."""
+    path = out / f'{RESULTS_NAME}.json'
+    fresh = {'format': RESULTS_FORMAT, 'version': RESULTS_VERSION, 'tasks': {}}
+    document = read_json(path)
     if document is None:
-        return {'format': RESULTS_FORMAT, 'version': RESULTS_VERSION, 'tasks': {}}
-    if document.get('format') != RESULTS_FORMAT or document.get('version') != RESULTS_VERSION:
+        return fresh
+    if document.get('format') != RESULTS_FORMAT:
         raise ValueError(
-            f'{out / RESULTS_NAME}.json: format {document.get("format")!r} version '
-            f'{document.get("version")!r}, expected {RESULTS_FORMAT!r} {RESULTS_VERSION}; '
+            f'{path}: format {document.get("format")!r}, expected {RESULTS_FORMAT!r}; '
             'move it away to start over'
         )
+    version = document.get('version')
+    if version != RESULTS_VERSION:
+        kept = path.with_name(f'{RESULTS_NAME}.v{version}.json')
+        if kept.exists() and path in OLD_VERSION_ANNOUNCED:
+            return fresh
+        if not kept.exists():
+            shutil.copyfile(path, kept)
+        OLD_VERSION_ANNOUNCED.add(path)
+        print(
+            f'{path}: results of version {version!r}, measured with another protocol; they '
+            f'are not mixed with version {RESULTS_VERSION}: starting a fresh document (the '
+            f'old file is kept as {kept})',
+            flush=True,
+        )
+        return fresh
     return document
 
 
@@ -834,15 +1684,23 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--quick',
         action='store_true',
-        help='smoke run: 1 seed, pendulum, SINDy-RL and SAC, into benchmarks/results/quick',
+        help='smoke run: 1 seed, pendulum, SINDy-RL (core loop) and SAC, stopping at the '
+        'first crossing, into benchmarks/results/quick',
     )
     parser.add_argument('--tasks', nargs='+', choices=TASK_NAMES, default=None)
-    parser.add_argument('--methods', nargs='+', choices=METHODS, default=None)
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        choices=METHODS,
+        default=None,
+        help='default: all four on the pendulum, all but sindy_rl_graph on the swing-up',
+    )
     parser.add_argument(
         '--seeds',
         type=int,
         default=None,
-        help=f'SINDy-RL seeds 0..N-1 (default per task: {DEFAULT_SINDY_SEEDS})',
+        help=f'SINDy-RL seeds 0..N-1, core loop and graph (default per task: '
+        f'{DEFAULT_SINDY_SEEDS})',
     )
     parser.add_argument(
         '--baseline-seeds',
@@ -855,7 +1713,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help='results folder (default benchmarks/results; --quick: benchmarks/results/quick; '
-        'with --budget-scale: benchmarks/results/tmp/debug)',
+        'with a debug scale: benchmarks/results/tmp/debug)',
     )
     parser.add_argument(
         '--rerun',
@@ -863,15 +1721,38 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help='run seeds again even when the results file has them with the same settings',
     )
     parser.add_argument(
-        '--full-budget',
+        '--stop-at-threshold',
         action='store_true',
-        help='keep training after the threshold is reached (default: stop, policy frozen)',
+        help='stop each run at its first crossing (policy frozen there); the held threshold '
+        'is then not measured (default: every run trains to its budget; --quick: stop)',
     )
     parser.add_argument(
         '--budget-scale',
         type=float,
         default=1.0,
-        help='debug only: multiply every real-step budget (default 1; results are marked)',
+        help='debug only: multiply every real-step budget, rounded to whole evaluation '
+        'intervals (default 1; results are marked)',
+    )
+    parser.add_argument(
+        '--surrogate-scale',
+        type=float,
+        default=1.0,
+        help='debug only: multiply the surrogate steps of SINDy-RL, core loop and graph '
+        '(default 1; results are marked)',
+    )
+    parser.add_argument(
+        '--graph-runs',
+        type=Path,
+        default=None,
+        help='keep the run directories of sindy_rl_graph here (default: a temporary '
+        'directory, removed after each seed)',
+    )
+    parser.add_argument(
+        '--graph-timeout',
+        type=float,
+        default=DEFAULT_GRAPH_TIMEOUT_S,
+        help='seconds after which a graph run is stopped and counted as failed '
+        '(default %(default)s)',
     )
     arguments = parser.parse_args(argv)
     if arguments.quick:
@@ -881,20 +1762,25 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         arguments.baseline_seeds = (
             1 if arguments.baseline_seeds is None else arguments.baseline_seeds
         )
+        arguments.stop_at_threshold = True
         arguments.out = arguments.out or BENCHMARK_DIR / 'results' / 'quick'
     arguments.tasks = arguments.tasks or list(TASK_NAMES)
-    arguments.methods = arguments.methods or list(METHODS)
-    if arguments.budget_scale <= 0:
-        parser.error('--budget-scale must be positive')
-    if arguments.budget_scale != 1.0:
+    for name in ('budget_scale', 'surrogate_scale'):
+        if getattr(arguments, name) <= 0:
+            parser.error(f'--{name.replace("_", "-")} must be positive')
+    if arguments.budget_scale != 1.0 or arguments.surrogate_scale != 1.0:
         # Debug runs never land next to real results unless asked to.
         arguments.out = arguments.out or BENCHMARK_DIR / 'results' / 'tmp' / 'debug'
     arguments.out = arguments.out or BENCHMARK_DIR / 'results'
     return arguments
 
 
+def methods_for(arguments: argparse.Namespace, task_name: str) -> list[str]:
+    return list(arguments.methods or DEFAULT_METHODS[task_name])
+
+
 def seeds_for(arguments: argparse.Namespace, task_name: str, method: str) -> list[int]:
-    if method == 'sindy_rl':
+    if method in SINDY_METHODS:
         count = arguments.seeds if arguments.seeds is not None else DEFAULT_SINDY_SEEDS[task_name]
     else:
         count = (
@@ -911,24 +1797,28 @@ def main(argv: list[str] | None = None) -> int:
 
     # Two cores: one learner at a time, one torch thread each (SB3 and SINDy-RL alike).
     torch.set_num_threads(TORCH_THREADS)
-    stop = not arguments.full_budget
+    options = Options(
+        budget_scale=arguments.budget_scale,
+        surrogate_scale=arguments.surrogate_scale,
+        stop_at_threshold=arguments.stop_at_threshold,
+        graph_runs=arguments.graph_runs.resolve() if arguments.graph_runs else None,
+        graph_timeout_s=arguments.graph_timeout,
+    )
     out = arguments.out
-    document = load_document(out)
+    with results_lock(out):
+        document = load_document(out)
     print(
-        f'sample-efficiency benchmark: tasks {arguments.tasks}, methods {arguments.methods}, '
+        f'sample-efficiency benchmark: tasks {arguments.tasks}, methods '
+        f'{arguments.methods or "default per task"}, '
+        f'{"stop at the first crossing" if options.stop_at_threshold else "full budgets"}, '
         f'results in {out}',
         flush=True,
     )
     for task_name in arguments.tasks:
         task = get_task(task_name)
-        for method in arguments.methods:
-            if method == 'sindy_rl':
-                settings = sindy_rl_settings(task_name, arguments.budget_scale)
-            else:
-                settings = baseline_settings(task_name, method, arguments.budget_scale)
-            wanted = protocol(settings, task, stop)
-            scale = arguments.budget_scale
-            wanted['debug_budget_scale'] = None if scale == 1.0 else scale
+        for method in methods_for(arguments, task_name):
+            settings = method_settings(task, method, options)
+            wanted = protocol(task, method, settings, options)
             entries = document['tasks'].setdefault(task_name, {})
             entry = entries.get(method)
             comparable = {key: (entry or {}).get(key) for key in wanted}
@@ -948,13 +1838,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f'{task_name}/{method} seed {seed}: already in results, skipped')
                     continue
                 torch.manual_seed(seed)
-                if method == 'sindy_rl':
-                    record = run_sindy_rl(task, seed, arguments.budget_scale, stop)
-                else:
-                    record = run_baseline(task, method, seed, arguments.budget_scale, stop)
-                store_run(entry, record, method)
-                if method == 'sindy_rl' and arguments.seeds is None and task_name in SEEDS_NOTES:
-                    entry['seeds_note'] = SEEDS_NOTES[task_name]
+                origin = provenance()
+                record = run_seed(task, method, seed, options)
+                record['provenance'] = origin
+                store_run(entry, method, seed, record)
+                if method in SINDY_METHODS and arguments.seeds is None:
+                    if task_name in SEEDS_NOTES:
+                        entry['seeds_note'] = SEEDS_NOTES[task_name]
                 entry['last_run'] = {'date': utc_now(), 'command': command_line()}
                 # Another run (another task or method) may have written meanwhile: merge this
                 # entry into what is on disk now, under a lock, instead of overwriting it.
@@ -967,6 +1857,7 @@ def main(argv: list[str] | None = None) -> int:
                             'version': RESULTS_VERSION,
                             'date': utc_now(),
                             'command': command_line(),
+                            'git': origin['git'],
                             'versions': package_versions(),
                             'machine': machine_info(),
                             'torch_threads': TORCH_THREADS,
