@@ -1467,7 +1467,7 @@ def markdown_report(document: dict) -> str:
                 values, 'steps_to_held_threshold', entry['steps_to_held_threshold'], measured
             )
             size = f'{number(values.get("median_nn_parameters"), 0)} NN parameters'
-            if method in SINDY_METHODS and values.get('median_sparse_policy_coefficients'):
+            if values.get('median_sparse_policy_coefficients') is not None:
                 size += (
                     f'; sparse policy {values["median_sparse_policy_coefficients"]:,.0f} '
                     'coefficients, final return '
