@@ -636,10 +636,6 @@ GRAPH_UNMAPPED = {
     ),
     'library': ('include_bias',),
 }
-# Above this threshold no return counts as solved: the graph runs to its budget (its run
-# supervisor has no stop_at_threshold parameter) and the benchmark finds the crossings.
-NEVER_REACHED = 1e12
-
 
 def graph_parameters(
     task: TaskSpec, config, seed: int, stop_at_threshold: bool
@@ -662,11 +658,7 @@ def graph_parameters(
     if config.sac.actor_lr != config.sac.critic_lr or config.sac.actor_lr != config.sac.alpha_lr:
         raise ValueError('the graph has one sac_learning_rate for actor, critics and alpha')
     library, ensemble, sac = config.library, config.ensemble, config.sac
-    shared: dict[str, Any] = {}
-    if not stop_at_threshold:
-        shared['threshold'] = NEVER_REACHED
     return {
-        '/**': shared,
         'plant': {'seed': int(seed)},
         'controller': {'seed': int(seed), 'exploration_noise': float(config.exploration_noise)},
         'model_updater': {
@@ -712,6 +704,8 @@ def graph_parameters(
             'eval_episodes': EVAL_EPISODES,
             'eval_every_policy': True,
             'hold_for_policy': True,
+            # To the budget unless asked otherwise: the benchmark finds the crossings.
+            'stop_at_threshold': bool(stop_at_threshold),
         },
     }
 
@@ -1171,7 +1165,7 @@ def protocol(task: TaskSpec, method: str, settings: dict[str, Any], options: Opt
             'hyperparameters.graph_parameters> --budget <budget> --run-dir <dir> '
             '--domain-id <a leased domain>',
             'backend': 'sim (embedded plant, lockstep)',
-            'threshold_parameter': None if options.stop_at_threshold else NEVER_REACHED,
+            'run_supervisor_stop_at_threshold': bool(options.stop_at_threshold),
         }
     return block
 

@@ -111,6 +111,14 @@ RUN_SUPERVISOR_PARAMETERS = [
         read_only=True,
     ),
     ParamSpec(
+        'stop_at_threshold',
+        True,
+        'End the run at the first evaluation at or above the threshold; false = go on to '
+        'the budget (to see whether the threshold holds; steps_to_threshold keeps the first '
+        'crossing)',
+        read_only=True,
+    ),
+    ParamSpec(
         'max_wall_time',
         0.0,
         'Seconds after which the run ends even if neither the '
@@ -328,6 +336,7 @@ class RunSupervisor(Node):
             steps_per_iteration=p.steps_per_iteration,
             eval_every_policy=p.eval_every_policy,
             hold_for_policy=p.hold_for_policy,
+            stop_at_threshold=p.stop_at_threshold,
         )
 
     @property
