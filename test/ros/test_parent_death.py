@@ -128,7 +128,9 @@ def test_controller_sends_the_safe_command_and_exits_when_its_parent_is_killed(
 def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_process, tmp_path):
     import rclpy.node
     from sensor_msgs.msg import JointState
+    import yaml
 
+    from sindyrl_ros import graph
     from sindyrl_ros.nodes.common import SENSOR_QOS
 
     context, executor = ros_context
@@ -137,14 +139,20 @@ def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_proce
     joint_states = []
     node.create_subscription(JointState, '/joint_states', joint_states.append, SENSOR_QOS)
     run_dir = tmp_path / 'run'
+    # Free running: the plant keeps stepping while the model and policy are learned, so
+    # whatever moment the runner is killed at, surviving nodes would go on stepping it.
+    task = yaml.safe_load(graph.task_config('pendulum').read_text())
+    task['run_supervisor']['ros__parameters']['hold_for_policy'] = False
+    config = tmp_path / 'pendulum.yaml'
+    config.write_text(yaml.safe_dump(task, sort_keys=False))
     runner = start_process(
         [
             sys.executable,
             '-m',
             'sindyrl_ros.cli',
             'train',
-            '--task',
-            'pendulum',
+            '--config',
+            str(config),
             '--budget',
             '100000',
             '--run-dir',
@@ -154,9 +162,13 @@ def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_proce
     )
     nodes: list[int] = []
     try:
-        # The plant has stepped under the controller's commands.
-        stepped = spin_until(executor, lambda: len(joint_states) >= 40, timeout=120)
+        # The plant has stepped under the controller's commands: a whole episode, as the
+        # runner reports it (a best-effort subscriber in a loaded test process need not see
+        # many of the joint states), and it goes on stepping.
+        stepped = spin_until(executor, lambda: 'episode 1:' in runner.output(), timeout=180)
         assert stepped, runner.output()[-3000:]
+        joint_states.clear()
+        assert spin_until(executor, lambda: joint_states, timeout=30), 'the plant stopped'
         nodes = child_pids(runner.process.pid)
         assert len(nodes) >= 6, (nodes, runner.output()[-3000:])
 
