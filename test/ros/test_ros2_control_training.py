@@ -84,8 +84,10 @@ def task_file(tmp_path: Path, shared: dict, episodes: dict) -> Path:
         ):
             section.pop(key, None)
     document['episodes']['ros__parameters'].update(episodes)
+    # Short trainings and no sparse distillation: on a loaded machine (two test suites on
+    # two cores) a 10,000-step retraining plus distillation outlasted the run's timeout.
     document['policy_trainer']['ros__parameters'].update(
-        surrogate_steps_first=20_000, surrogate_steps_per_model=10_000
+        surrogate_steps_first=10_000, surrogate_steps_per_model=5_000, distill_sparse=False
     )
     # This checks the mechanics of learning on a plant the package does not drive, not the
     # quality of a model from one or two episodes (the README's full runs show that): any
@@ -121,12 +123,12 @@ def test_training_on_an_independent_ros2_control_plant(variant, start_process, t
             '--run-dir',
             str(run_dir),
             '--timeout',
-            '300',
+            '480',
         ],
         name='train',
     )
     try:
-        code = train.process.wait(timeout=330)
+        code = train.process.wait(timeout=520)
     except subprocess.TimeoutExpired:
         pytest.fail(f'the run did not end:\n{train.output()[-3000:]}')
     if variant == 'trigger_registered_task':
