@@ -593,8 +593,15 @@ class RunSupervisor(Node):
                     f'the service {client.srv_name} ({SERVICE_OWNERS[client.srv_name]})',
                     client.srv_name in missing,
                 )
+            # No real step before the model updater records it: a step nobody recorded is
+            # lost (on a loaded machine the updater can start seconds after the plant).
+            recording = self.protocol.fit_state is not None
+            self.waits.waiting(
+                'the model updater (its first /sindyrl/fit_state: it records every step)',
+                not recording,
+            )
             self.waits.check()
-            if not missing:
+            if not missing and recording:
                 self.state = SWITCHING
                 calls = [self._set_mode_call(explore=True)]
                 if self._hold_on_start:

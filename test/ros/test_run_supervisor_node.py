@@ -54,6 +54,7 @@ class StandIns(NodeStatusProbe):
         if pause:
             self.node.create_service(SetBool, '/plant/pause', self._on_pause)
         self.fit_state = self.node.create_publisher(JointState, '/sindyrl/fit_state', LATCHED_QOS)
+        self.updater_status()  # a model updater is up (the supervisor waits for one)
         self.episodes = self.node.create_publisher(String, '/sindyrl/episode', RELIABLE_QOS)
         self.models = self.node.create_publisher(String, '/sindyrl/model', LATCHED_QOS)
         self.policies = self.node.create_publisher(String, '/sindyrl/policy', LATCHED_QOS)
