@@ -32,7 +32,7 @@ EXTERNAL_PLANTS = ('gazebo', 'ros2_control')
 GAZEBO_SIMULATION_SERVICES = '/gzserver'
 # The pid of the process that starts the nodes (`sindyrl-ros`, `ros2 launch`), in each
 # node's environment: a node whose parent died while it was still importing finds another
-# parent and refuses to start (nodes.common.run_node).
+# parent and refuses to start (ros.runtime.run_node).
 PARENT_PID_ENV = 'SINDYRL_ROS_PARENT_PID'
 
 

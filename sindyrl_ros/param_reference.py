@@ -1,7 +1,7 @@
 """The parameter reference (docs/parameters.md), rendered from the nodes' own declarations.
 
 Every node module in :data:`sindyrl_ros.graph.NODE_MODULES` declares its parameters as a
-module-level ``PARAMETERS`` list of :class:`sindyrl_ros.nodes.common.ParamSpec`; this module
+module-level ``PARAMETERS`` list of :class:`sindyrl_ros.params.ParamSpec`; this module
 turns those lists into Markdown, so the reference cannot drift from what the nodes accept
 (``test/test_parameter_reference.py`` checks that the committed file is current). It is what
 ``ros2 param describe`` would show, for users of the pip venv, which has no ``ros2`` command.
@@ -59,8 +59,8 @@ def _cell(text: str) -> str:
 
 def _type_name(spec) -> str:
     # The same type the node declares: ParamSpec.type, else the default's type.
-    kind = spec.parameter_type()
-    return _TYPE_NAMES.get(kind.name, kind.name.lower())
+    kind = spec.type_name()
+    return _TYPE_NAMES.get(kind, kind.lower())
 
 
 def _allowed(spec) -> str:
@@ -101,16 +101,16 @@ def _node_parameters(executable: str, module_name: str):
     if specs is None:
         raise AttributeError(
             f'node module {module_name} (executable {executable}) has no module-level '
-            'PARAMETERS list of common.ParamSpec: the parameter reference is built from it'
+            'PARAMETERS list of params.ParamSpec: the parameter reference is built from it'
         )
     return module, list(specs)
 
 
 def render() -> str:
     """docs/parameters.md: the shared task parameters, then each node's own, in graph order."""
-    from sindyrl_ros.nodes import common
+    from sindyrl_ros import params
 
-    shared = list(common.SHARED_PARAMETERS)
+    shared = list(params.SHARED_PARAMETERS)
     shared_names = {spec.name for spec in shared}
     nodes = [
         (executable, module_name, *_node_parameters(executable, module_name))
@@ -150,7 +150,7 @@ def render() -> str:
         'nodes must agree on them. Without `env_id` they name a registered task and may only '
         'narrow it; with `env_id` they define a new one.',
         '',
-        *_table(shared, getattr(common, '_SHARED_DESCRIPTION', '')),
+        *_table(shared, params.SHARED_DESCRIPTION),
     ]
     for executable, module_name, module, specs in nodes:
         own = [spec for spec in specs if spec.name not in shared_names]

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from sindyrl_ros import cli, graph, param_reference
-from sindyrl_ros.nodes.common import SHARED_PARAMETERS, ParamSpec
+from sindyrl_ros.params import SHARED_PARAMETERS, ParamSpec
 
 REFERENCE = param_reference.default_path()
 REGENERATE = f'run `{param_reference.REGENERATE}` and commit docs/parameters.md'
@@ -27,7 +27,7 @@ def _sections(text: str) -> dict[str, str]:
 
 def _row(spec: ParamSpec) -> str:
     """The start of a parameter's table row: name and the ROS type its node declares."""
-    kind = spec.parameter_type().name
+    kind = spec.type_name()
     return f'| `{spec.name}` | {param_reference._TYPE_NAMES[kind]} |'
 
 

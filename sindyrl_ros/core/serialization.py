@@ -488,3 +488,28 @@ def save_json_document(path: str | os.PathLike, document: dict) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def highest_version(directory: Path, prefix: str) -> int:
+    """The largest version of the files ``<prefix><version>.json`` in ``directory``, or 0."""
+    versions = [0]
+    for path in Path(directory).glob(f'{prefix}*.json'):
+        suffix = path.stem[len(prefix) :]
+        if suffix.isdigit():
+            versions.append(int(suffix))
+    return max(versions)
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics with NaN/inf replaced by None (JSON has no NaN) and numpy scalars as Python."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value

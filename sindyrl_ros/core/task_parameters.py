@@ -15,8 +15,8 @@ The reward is one of
 * a name in :data:`sindyrl_ros.core.reward.REWARDS`;
 * an expression of observation and action names, e.g.
   ``'100 * ((position >= 0.45) & (velocity >= 0)) - 0.1 * force**2'``, parsed by
-  :func:`sindyrl_ros.core.reward.expression_reward` against a whitelist (never ``eval``);
-  observation names refer to the observation after the step;
+  :func:`sindyrl_ros.core.reward_expression.expression_reward` against a whitelist (never
+  ``eval``); observation names refer to the observation after the step;
 * ``'learned'``: the plant reports its reward on ``/sindyrl/reward``, the model updater
   fits a :class:`sindyrl_ros.core.reward.SparseRewardModel` with every model and the
   policy trainer trains on it.
@@ -38,6 +38,7 @@ import numpy as np
 from sindyrl_ros.core.reward import LEARNED_REWARD, REWARDS
 from sindyrl_ros.core.serialization import FormatError
 from sindyrl_ros.core.tasks import TASKS, TaskSpec
+from sindyrl_ros.params import ParameterError
 
 __all__ = [
     'TASK_PARAMETERS',
@@ -70,21 +71,8 @@ TASK_PARAMETERS = (
 _FIELD_PARAMETER = {'name': 'task', 'dt': 'control_period', 'saturation': 'saturation_names'}
 
 
-class TaskParameterError(ValueError):
-    """A shared task parameter is missing, malformed or does not fit the task.
-
-    Attributes
-    ----------
-    parameter : str
-        The parameter to fix (e.g. ``'observation_low'``).
-    problem : str
-        What is wrong with it.
-    """
-
-    def __init__(self, parameter: str, problem: str) -> None:
-        super().__init__(f'{parameter}: {problem}')
-        self.parameter = parameter
-        self.problem = problem
+class TaskParameterError(ParameterError):
+    """A shared task parameter is missing, malformed or does not fit the task."""
 
 
 def _given(values: Mapping[str, Any], key: str) -> bool:

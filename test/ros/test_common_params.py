@@ -127,8 +127,8 @@ def test_bad_parameters_stop_the_node_with_key_and_file(start_process, tmp_path)
 
 def test_parameter_file_sections_and_feature_specs():
     """The pieces behind the checks: rcl's section matching and the feature-spec parser."""
-    from sindyrl_ros.nodes.common import _ros_arguments, _section_matches
-    from sindyrl_ros.nodes.sensor_ingestion import parse_feature
+    from sindyrl_ros.core.features import parse_feature
+    from sindyrl_ros.ros.parameters import _ros_arguments, _section_matches
 
     assert _section_matches('/**', '/plant')
     assert _section_matches('plant', '/plant')
