@@ -37,7 +37,7 @@ setup(
             'run_supervisor = sindyrl_ros.nodes.run_supervisor:main',
             'serial_bridge = sindyrl_ros.nodes.serial_bridge:main',
             'episodes = sindyrl_ros.nodes.episodes:main',
-            'rig_emulator = sindyrl_ros.rig_emulator:main',
+            'rig_emulator = sindyrl_ros.hardware.emulator:main',
         ],
     },
 )

@@ -15,7 +15,7 @@ import sys
 import pytest
 from ros_testing import NodeStatusProbe, node_command, write_params
 
-from sindyrl_ros.core.rig_protocol import StateFlag
+from sindyrl_ros.hardware.protocol import StateFlag
 
 pytestmark = pytest.mark.ros
 ERROR = 2  # diagnostic_msgs/DiagnosticStatus.ERROR
@@ -36,7 +36,7 @@ SHARED_KEYS = ('task', 'action_names', 'action_low', 'action_high', 'control_per
 
 
 def emulator_command(link, *options: str) -> list[str]:
-    return [sys.executable, '-m', 'sindyrl_ros.rig_emulator', '--link', str(link), *options]
+    return [sys.executable, '-m', 'sindyrl_ros.hardware.emulator', '--link', str(link), *options]
 
 
 class RigProbe(NodeStatusProbe):
@@ -46,7 +46,7 @@ class RigProbe(NodeStatusProbe):
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
 
-        from sindyrl_ros.nodes.common import RELIABLE_QOS, SENSOR_QOS
+        from sindyrl_ros.ros.qos import RELIABLE_QOS, SENSOR_QOS
 
         super().__init__('rig_probe', context, executor, '/serial_bridge')
         self.states: list[tuple[int, list, list, list, list]] = []
@@ -57,7 +57,7 @@ class RigProbe(NodeStatusProbe):
         )
 
     def _on_state(self, message) -> None:
-        from sindyrl_ros.nodes.common import stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
 
         stamp = stamp_to_ns(message.header.stamp)
         if stamp > self.node.get_clock().now().nanoseconds:
@@ -73,7 +73,7 @@ class RigProbe(NodeStatusProbe):
         )
 
     def send(self, values) -> None:
-        from sindyrl_ros.nodes.common import command_message
+        from sindyrl_ros.ros.messages import command_message
 
         self.commands.publish(command_message(values))
 
@@ -255,7 +255,7 @@ class PlantProbe(RigProbe):
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
-        from sindyrl_ros.nodes.common import EPISODE_QOS, TRANSITION_QOS
+        from sindyrl_ros.ros.qos import EPISODE_QOS, TRANSITION_QOS
 
         super().__init__(context, executor)
         self.episodes: list[dict] = []
@@ -271,7 +271,7 @@ class PlantProbe(RigProbe):
         self.episodes.append(json.loads(message.data))
 
     def _on_reward(self, message) -> None:
-        from sindyrl_ros.nodes.common import stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
 
         self.rewards.append((stamp_to_ns(message.header.stamp), message.position[0]))
 

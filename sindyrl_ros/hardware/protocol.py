@@ -29,9 +29,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import enum
-import math
 import struct
 from typing import NamedTuple
+import zlib
 
 __all__ = [
     'PROTOCOL_VERSION',
@@ -60,7 +60,6 @@ __all__ = [
     'encode',
     'decode_frame',
     'FrameDecoder',
-    'DeviceClock',
     'frames',
 ]
 
@@ -297,38 +296,23 @@ Message = State | Command | Heartbeat | Error | Reset
 # --------------------------------------------------------------------------- CRC and COBS
 
 
-def _crc32_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32_TABLE = _crc32_table()
-
-
 def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """CRC-32/ISO-HDLC: poly 0x04C11DB7 reflected (0xEDB88320), init and xorout 0xFFFFFFFF.
 
     ``crc32(b'123456789') == 0xCBF43926``. ``crc`` continues an earlier result, so the CRC
-    of a message can be computed piece by piece.
+    of a message can be computed piece by piece. zlib computes this very CRC, bit for bit
+    what the loop in ``docs/rig_protocol.md`` or an MCU's CRC unit gives a firmware.
     """
-    table = _CRC32_TABLE
-    crc ^= 0xFFFFFFFF
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    return zlib.crc32(data, crc)
 
 
 def cobs_encode(data: bytes | bytearray) -> bytes:
     """Consistent Overhead Byte Stuffing: ``data`` without any 0x00, one byte longer per 254.
 
-    Each 0x00 of the input (and the end) closes a group; a group is written as its length
-    + 1 followed by its non-zero bytes; a group of 254 non-zero bytes (code 0xFF) is not
-    followed by an implied zero.
+    Written out here because it is the reference a firmware ports (the standard library has
+    no COBS). Each 0x00 of the input (and the end) closes a group; a group is written as
+    its length + 1 followed by its non-zero bytes; a group of 254 non-zero bytes (code
+    0xFF) is not followed by an implied zero.
     """
     out = bytearray()
     for run in bytes(data).split(b'\x00'):
@@ -587,64 +571,6 @@ class FrameDecoder:
         self._buffer.clear()
         self._overflowed = False
         self._synchronised = synchronised
-
-
-# --------------------------------------------------------------------------- clocks
-
-
-class DeviceClock:
-    """Maps the rig's clock (µs) onto the host's (ns) from the times frames arrive.
-
-    Each frame gives ``offset = host receive time - device time`` = true offset + transport
-    delay (>= 0). The estimate follows the smallest offsets (least delayed frames) at once
-    and rises towards larger ones by at most ``slew_ppm`` of the device time elapsed, so it
-    tracks a clock drift up to that rate in either direction while a burst of late frames
-    moves it by microseconds only. A mapped time is never later than the arrival of the
-    frame that produced it.
-
-    Parameters
-    ----------
-    slew_ppm : float
-        Fastest drift followed upwards, parts per million (crystals: tens; RC oscillators:
-        up to 1e4).
-    """
-
-    def __init__(self, slew_ppm: float = 1000.0) -> None:
-        if not (math.isfinite(slew_ppm) and slew_ppm >= 0):
-            raise ValueError(f'slew_ppm must be a non-negative number, got {slew_ppm!r}')
-        self.slew = slew_ppm * 1e-6
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget the estimate (the rig restarted, or a new link)."""
-        self.offset_ns: int | None = None
-        self.samples = 0
-        self._last_device_us: int | None = None
-
-    def update(self, device_time_us: int, host_time_ns: int) -> int:
-        """Take a frame's device time and host receive time; return its host time (ns).
-
-        The device time must not decrease between calls (call :meth:`reset` after a rig
-        restart).
-        """
-        observed = int(host_time_ns) - int(device_time_us) * 1000
-        if self.offset_ns is None or self._last_device_us is None:
-            self.offset_ns = observed
-        else:
-            elapsed_ns = max(0, int(device_time_us) - self._last_device_us) * 1000
-            if observed <= self.offset_ns:
-                self.offset_ns = observed
-            else:
-                self.offset_ns = min(observed, self.offset_ns + int(self.slew * elapsed_ns))
-        self._last_device_us = int(device_time_us)
-        self.samples += 1
-        return int(device_time_us) * 1000 + self.offset_ns
-
-    def to_host_ns(self, device_time_us: int) -> int:
-        """Host time (ns) of a device time, with the current estimate."""
-        if self.offset_ns is None:
-            raise ValueError('no frame received yet: the clock offset is unknown')
-        return int(device_time_us) * 1000 + self.offset_ns
 
 
 def frames(messages: Sequence[Message]) -> bytes:

@@ -29,7 +29,7 @@ Joints are mapped from the environment's observation as in the simulated plant:
 ``atan2(<sin name>, <cos name>)`` for an angle observed as a (cos, sin) pair, an
 observation name otherwise; an effort is an action name or ``0`` for a passive joint.
 
-Run: ``python -m sindyrl_ros.rig_emulator --task pendulum`` (or ``sindyrl-ros
+Run: ``python -m sindyrl_ros.hardware.emulator --task pendulum`` (or ``sindyrl-ros
 rig-emulator``). No rclpy here.
 """
 
@@ -40,18 +40,17 @@ from collections import deque
 from collections.abc import Sequence
 import json
 import math
-import os
-import re
 import select
 import signal
 import sys
 import threading
 import time
-import tty
 
 import numpy as np
 
-from sindyrl_ros.core.rig_protocol import (
+from sindyrl_ros.core.simulated_plant import JointMapping
+from sindyrl_ros.hardware.ports import PtyPort, SerialPort, make_link, remove_link
+from sindyrl_ros.hardware.protocol import (
     Command,
     CommandMode,
     Error,
@@ -63,6 +62,7 @@ from sindyrl_ros.core.rig_protocol import (
     StateFlag,
     encode,
 )
+from sindyrl_ros.params import ParameterError
 
 __all__ = ['DEFAULT_JOINTS', 'RigEmulator', 'build_parser', 'main']
 
@@ -79,23 +79,6 @@ DEFAULT_JOINTS = {
         'efforts': ['force', '0'],
     },
 }
-_ATAN2 = re.compile(r'^\s*atan2\(\s*([^,()\s]+)\s*,\s*([^,()\s]+)\s*\)\s*$')
-
-
-def _observation_sources(
-    specs: Sequence[str], names: Sequence[str], allow_angle: bool
-) -> list[tuple[int, ...]]:
-    """Observation indices per joint: (i,) for a plain name, (sin, cos) for atan2."""
-    index = {name: i for i, name in enumerate(names)}
-    sources = []
-    for spec in specs:
-        match = _ATAN2.match(spec)
-        parts = match.groups() if (match and allow_angle) else (spec.strip(),)
-        for part in parts:
-            if part not in index:
-                raise ValueError(f'{spec!r}: {part!r} is not an observation name {list(names)}')
-        sources.append(tuple(index[part] for part in parts))
-    return sources
 
 
 def _effort_sources(specs: Sequence[str], action_names: Sequence[str]) -> list[int | None]:
@@ -110,71 +93,6 @@ def _effort_sources(specs: Sequence[str], action_names: Sequence[str]) -> list[i
         else:
             raise ValueError(f"effort {spec!r} is not an action name {list(action_names)} nor '0'")
     return sources
-
-
-class PtyPort:
-    """A pseudo-terminal: the emulator holds the master, the host opens ``path``.
-
-    The slave end is put in raw mode at once (no echo, no newline translation) and kept
-    open, so bytes written before the host opens it are neither mangled nor echoed.
-    """
-
-    def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave)
-
-    def fileno(self) -> int:
-        return self._master
-
-    def read(self) -> bytes:
-        try:
-            return os.read(self._master, 4096)
-        except BlockingIOError:
-            return b''
-
-    def write(self, data: bytes) -> bool:
-        """Write a whole frame or nothing (a full buffer drops it, like an overrun UART)."""
-        try:
-            written = os.write(self._master, data)
-        except BlockingIOError:
-            return False
-        return written == len(data)
-
-    def close(self) -> None:
-        for fd in (self._slave, self._master):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class SerialPort:
-    """A real serial device (e.g. one end of a null-modem cable or of ``socat``)."""
-
-    def __init__(self, path: str, baud: int) -> None:
-        import serial
-
-        self.path = path
-        self._serial = serial.Serial(path, baud, timeout=0, write_timeout=0.1)
-
-    def fileno(self) -> int:
-        return self._serial.fileno()
-
-    def read(self) -> bytes:
-        return self._serial.read(self._serial.in_waiting or 1)
-
-    def write(self, data: bytes) -> bool:
-        import serial
-
-        try:
-            return self._serial.write(data) == len(data)
-        except serial.SerialTimeoutException:
-            return False
-
-    def close(self) -> None:
-        self._serial.close()
 
 
 class RigEmulator:
@@ -203,8 +121,15 @@ class RigEmulator:
             )
         if not len(positions) == len(velocities) == len(efforts):
             raise ValueError('--joint-positions, --joint-velocities and --joint-efforts differ')
-        self._positions = _observation_sources(positions, task.observation_names, True)
-        self._velocities = _observation_sources(velocities, task.observation_names, False)
+        try:  # the simulated plant's joint mapping
+            self._joints = JointMapping(
+                [f'joint_{i}' for i in range(len(positions))],
+                positions,
+                velocities,
+                task.observation_names,
+            )
+        except ParameterError as error:
+            raise ValueError(f'--{error.key.replace("_", "-")}: {error.problem}') from None
         self._efforts = _effort_sources(efforts, task.action_names)
         self.rng = np.random.default_rng(options.seed)
         self.env = task.make_env(seed=options.seed)
@@ -374,11 +299,8 @@ class RigEmulator:
                 observation, _ = self.env.reset()
                 self.stats['resets'] += 1
             self.observation = np.asarray(observation, dtype=np.float64)
-        o = self.observation
-        positions = np.array(
-            [math.atan2(o[s[0]], o[s[1]]) if len(s) == 2 else o[s[0]] for s in self._positions]
-        )
-        velocities = np.array([o[s[0]] for s in self._velocities])
+        positions = np.array(self._joints.positions(self.observation))
+        velocities = np.array(self._joints.velocities(self.observation))
         if self.options.noise > 0:
             positions += self.rng.normal(0.0, self.options.noise, positions.shape)
             velocities += self.rng.normal(0.0, self.options.noise, velocities.shape)
@@ -612,22 +534,6 @@ def build_parser(prog: str = 'rig-emulator') -> argparse.ArgumentParser:
     return parser
 
 
-def _make_link(link: str, target: str) -> None:
-    """Point ``link`` at ``target`` atomically (a reader never sees it missing)."""
-    temporary = f'{link}.{os.getpid()}.tmp'
-    os.symlink(target, temporary)
-    os.replace(temporary, link)
-
-
-def _remove_link(link: str, target: str) -> None:
-    """Remove ``link`` if it still points at our port (a freed pty path gets reused)."""
-    try:
-        if os.readlink(link) == target:
-            os.unlink(link)
-    except OSError:
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGINT/SIGTERM, --duration, --unplug-after or SIGUSR1 (unplug); exit code 0."""
     from sindyrl_ros.core.tasks import get_task
@@ -652,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: unplug.set())
     if options.link:
-        _make_link(options.link, port.path)
+        make_link(options.link, port.path)
     print(
         f'rig emulator ready: task {task.name}, dt {task.dt} s, '
         f'control period {emulator.period:.6g} s (speed {options.speed:g}), port {port.path}'
@@ -664,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = emulator.run(stop, unplug)
     finally:
         if options.link:
-            _remove_link(options.link, port.path)
+            remove_link(options.link, port.path)
         port.close()
         emulator.close()
         for signum, handler in previous.items():
