@@ -26,15 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
+from sindyrl_ros.core.distillation import DistillationSettings, distill_sparse_policy
+from sindyrl_ros.core.dynamics import SindyDynamics
+from sindyrl_ros.core.dynamics_fit import EnsembleConfig
 from sindyrl_ros.core.library import LibraryConfig
 from sindyrl_ros.core.policies import (
     MLPPolicy,
     NumpyPolicy,
     SparsePolynomialPolicy,
-    distill_sparse_policy,
     polynomial_powers,
 )
+from sindyrl_ros.core.policy_rollouts import noisy_visited_states, surrogate_return_of
 from sindyrl_ros.core.protocol import (
     EVALUATE,
     EXPLORE,
@@ -368,25 +370,27 @@ class PolicyLearner:
                 break
             top += 1
         degrees = range(1, max(top, self.config.sparse_degree) + 1)
-        states = visited_states(policy, env, task.episode_length, self.config.sac.seed)
+        states = noisy_visited_states(policy, env, task.episode_length, self.config.sac.seed)
         if len(states) > 131072:  # long episodes: a sample is as good and fits faster
             states = states[np.sort(rng.choice(len(states), 131072, replace=False))]
-        sparse = distill_sparse_policy(
-            policy,
-            states,
-            degree=max(degrees),
+        settings = DistillationSettings(
             degrees=degrees,
             n_models=1,
             seed=self.seed,
             # With cos²+sin²=1 one term could spread over several equivalent ones.
             angle_pairs=task.angle_pairs,
             # DAgger: also fit the states the student's own errors lead to.
-            dagger_env=env,
             dagger_rounds=3,
             dagger_steps=task.episode_length,
             return_tolerance=0.01,
             evaluation_episodes=512,
             max_coefficients=max_coefficients,
+        )
+        sparse = distill_sparse_policy(
+            policy,
+            states,
+            settings,
+            dagger_env=env,
             metadata={'source_model_version': dynamics.model_version, 'teacher': 'mlp'},
         )
         summary = sparse.metadata['distillation']
@@ -401,44 +405,6 @@ class PolicyLearner:
         }
         sparse.metadata.update(metrics)
         return sparse, metrics
-
-
-def surrogate_return_of(policy: NumpyPolicy, env, episode_length: int) -> tuple[float, np.ndarray]:
-    """Mean return of one deterministic surrogate episode in each of the env's slots.
-
-    Returns
-    -------
-    (mean return, episode lengths of shape (n_envs,)) : the lengths say how many of the
-        episodes the mean is made of ran their full ``episode_length``.
-    """
-    observations = env.reset()
-    totals = np.zeros(env.n_envs)
-    lengths = np.zeros(env.n_envs, dtype=np.int64)
-    alive = np.ones(env.n_envs, dtype=bool)
-    for _ in range(episode_length):
-        next_observations, reward, terminated, truncated = env.step(policy.act_batch(observations))
-        totals += np.where(alive, reward, 0.0)
-        lengths += alive
-        alive &= ~(terminated | truncated)
-        if not alive.any():
-            break
-        observations = next_observations
-    return float(np.mean(totals)), lengths
-
-
-def visited_states(policy: NumpyPolicy, env, episode_length: int, seed: int) -> np.ndarray:
-    """States the policy visits in the surrogate (with a little action noise for coverage)."""
-    rng = np.random.default_rng(seed)
-    half_range = 0.5 * (env.action_high - env.action_low)
-    states = []
-    observations = env.reset()
-    for _ in range(episode_length):
-        states.append(observations.copy())
-        actions = policy.act_batch(observations)
-        actions = actions + 0.1 * half_range * rng.standard_normal(actions.shape)
-        observations, _, terminated, truncated = env.step(actions)
-        observations = env.reset_done(terminated | truncated)
-    return np.concatenate(states)
 
 
 class RealPlant:

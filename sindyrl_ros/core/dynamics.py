@@ -1,8 +1,9 @@
 """E-SINDy dynamics model with control: x[k+1] = Θ(x[k], u[k]) Ξ.
 
 Fitted with pysindy 2.1 (``DiscreteSINDy`` + ``EnsembleOptimizer`` around
-``STLSQ``, bagging and library ensembling, median or mean coefficients), then run
-with its own batched numpy evaluation (:class:`~sindyrl_ros.core.library.FeatureEvaluator`)
+``STLSQ``, bagging and library ensembling, median or mean coefficients: see
+:mod:`sindyrl_ros.core.dynamics_fit`), then run with its own batched numpy
+evaluation (:class:`~sindyrl_ros.core.library.FeatureEvaluator`)
 because pysindy's ``predict`` costs milliseconds per call and the surrogate
 environment needs hundreds of thousands of steps per second.
 
@@ -13,116 +14,39 @@ The ensemble members are kept: the surrogate can draw one member per episode
 Angles observed as (cos θ, sin θ) are projected back onto the unit circle after
 every predicted step; without it, multi-step rollouts of polynomial models drift
 off the circle and blow up.
+
+Multi-step validation is :mod:`sindyrl_ros.core.dynamics_validation`; the JSON model card
+a model is saved and sent as is :mod:`sindyrl_ros.core.model_card`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-import contextlib
-from dataclasses import asdict, dataclass
 import math
 from pathlib import Path
-import time
 from typing import Any
 
 import numpy as np
 
+from sindyrl_ros.core.dynamics_fit import EnsembleConfig, fit_ensemble
+from sindyrl_ros.core.dynamics_validation import rollout_error
 from sindyrl_ros.core.library import (
     FeatureEvaluator,
     LibraryConfig,
     Term,
     build_terms,
     format_term,
-    make_pysindy_library,
 )
-from sindyrl_ros.core.serialization import (
-    FormatError,
-    as_float_array,
-    check_document,
-    load_json_document,
-    require,
-    save_json_document,
+from sindyrl_ros.core.model_card import (
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    model_from_dict,
+    model_to_dict,
 )
+from sindyrl_ros.core.serialization import load_json_document, save_json_document
 from sindyrl_ros.core.trajectories import Trajectory
 
-__all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'EnsembleConfig', 'SindyDynamics']
-
-MODEL_FORMAT = 'sindyrl_ros/model'
-MODEL_VERSION = 1
-
-
-@dataclass
-class EnsembleConfig:
-    """Sparse regression and ensembling settings (E-SINDy).
-
-    Attributes
-    ----------
-    n_models : int
-        Ensemble members.
-    threshold : float
-        STLSQ threshold: coefficients smaller in magnitude are set to zero.
-    alpha : float
-        Ridge regularisation of each STLSQ least-squares step.
-    max_iter : int
-        STLSQ iterations.
-    bagging : bool
-        Fit each member on a bootstrap resample of the transitions.
-    library_ensemble : bool
-        Drop ``n_candidates_to_drop`` random library terms per member.
-    n_candidates_to_drop : int
-        Terms dropped per member with library ensembling.
-    aggregate : {'median', 'mean'}
-        How member coefficients are combined into the model used by :meth:`predict`.
-    seed : int
-        Seed of the bootstrap/library draws (pysindy uses numpy's global generator;
-        it is seeded for the fit and restored afterwards).
-    """
-
-    n_models: int = 20
-    threshold: float = 0.001
-    alpha: float = 1e-5
-    max_iter: int = 20
-    bagging: bool = True
-    library_ensemble: bool = True
-    n_candidates_to_drop: int = 1
-    aggregate: str = 'median'
-    target: str = 'delta'
-    unbias: bool = True
-    normalize_columns: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_models < 1:
-            raise ValueError('n_models must be >= 1')
-        if self.threshold < 0 or self.alpha < 0:
-            raise ValueError('threshold and alpha must be >= 0')
-        if self.aggregate not in ('median', 'mean'):
-            raise ValueError(f"aggregate must be 'median' or 'mean', got {self.aggregate!r}")
-        if self.target not in ('delta', 'next'):
-            raise ValueError(f"target must be 'delta' or 'next', got {self.target!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the configuration."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> EnsembleConfig:
-        """Inverse of :meth:`to_dict`."""
-        unknown = set(doc) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f'unknown ensemble fields {sorted(unknown)}')
-        return cls(**doc)
-
-
-@contextlib.contextmanager
-def _seeded_global_numpy(seed: int):
-    """pysindy's ensembling draws from ``np.random``; seed it, then restore the caller's state."""
-    state = np.random.get_state()
-    np.random.seed(seed % (2**32))
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
+__all__ = ['SindyDynamics']
 
 
 class SindyDynamics:
@@ -278,113 +202,14 @@ class SindyDynamics:
         SindyDynamics
             ``self``, with ``model_version`` incremented.
         """
-        import pysindy as ps
-        from threadpoolctl import threadpool_limits
-
-        usable = [t for t in trajectories if t.n_steps >= 1]
-        if not usable:
-            raise ValueError('no trajectory with at least one transition to fit on')
-        config = self.ensemble
-        n, m = self.n_observations, self.n_actions
-        for index, trajectory in enumerate(usable):
-            if trajectory.observations.shape[1] != n or trajectory.actions.shape[1] != m:
-                raise ValueError(
-                    f'trajectory {index}: observations/actions have '
-                    f'{trajectory.observations.shape[1]}/{trajectory.actions.shape[1]} columns, '
-                    f'model expects {n}/{m}'
-                )
-            if not (
-                np.all(np.isfinite(trajectory.observations))
-                and np.all(np.isfinite(trajectory.actions))
-            ):
-                raise ValueError(f'trajectory {index} holds NaN or infinite values')
-        # x_next is given explicitly, so every transition stands alone and the ones
-        # ending on a saturation limit can simply be masked out.
-        x = np.concatenate([t.observations[:-1] for t in usable])
-        x_next = np.concatenate([t.observations[1:] for t in usable])
-        u = np.concatenate([t.actions for t in usable])
-        keep = ~self._at_saturation(x_next)
-        x, x_next, u = x[keep], x_next[keep], u[keep]
-        if x.shape[0] == 0:
-            raise ValueError('every transition ends on a saturation limit: nothing to fit')
-        if config.target == 'delta':
-            x_next = x_next - x
-        n_samples = int(x.shape[0])
-        started = time.perf_counter()
-        library = make_pysindy_library(
-            self.library, self.observation_names, self.action_names, self.angle_pairs
-        )
-        aggregator = None
-        if config.aggregate == 'mean':
-
-            def aggregator(coefficient_list):
-                return np.mean(coefficient_list, axis=0)
-
-        optimizer = ps.EnsembleOptimizer(
-            ps.STLSQ(
-                threshold=config.threshold,
-                alpha=config.alpha,
-                max_iter=config.max_iter,
-                unbias=config.unbias,
-                normalize_columns=config.normalize_columns,
-            ),
-            bagging=config.bagging,
-            library_ensemble=config.library_ensemble,
-            n_models=config.n_models,
-            n_candidates_to_drop=config.n_candidates_to_drop,
-            ensemble_aggregator=aggregator,
-        )
-        # A fresh optimizer per fit: pysindy keeps appending to coef_list and freezes
-        # n_subset at the first fit's sample count, so a reused one mixes stale members.
-        optimizer.coef_list = []
-        model = ps.DiscreteSINDy(optimizer=optimizer, feature_library=library)
-        # Single-threaded BLAS: the regressions are small, and on a loaded machine
-        # OpenBLAS threads spin against other processes (measured 0.6 s -> 21 s for a
-        # cartpole fit on 2 busy cores). It also keeps a background refit from starving
-        # the controller.
-        with (
-            _seeded_global_numpy(config.seed),
-            np.errstate(all='ignore'),
-            threadpool_limits(limits=1, user_api='blas'),
-        ):
-            model.fit(
-                [x],
-                t=self.dt,
-                x_next=[x_next],
-                u=[u],
-                feature_names=self.observation_names + self.action_names,
-            )
-        fit_seconds = time.perf_counter() - started
-        names = library.get_feature_names(self.observation_names + self.action_names)
-        expected = [
-            format_term(t, self.observation_names + self.action_names, '', pysindy_style=True)
-            for t in self.terms
-        ]
-        if names != expected:
-            raise RuntimeError(
-                f'pysindy library columns {names} differ from the numpy terms {expected}'
-            )
-        self.pysindy_model = model
-        self.coefficients = np.array(model.coefficients(), dtype=np.float64)
-        self.member_coefficients = np.array(optimizer.coef_list, dtype=np.float64)
-        if config.target == 'delta':
-            # Store the next-observation form x[k+1] = x[k] + Θ Ξ_delta: add the identity
-            # on each observation's linear term.
-            for index in range(n):
-                column = self._linear_term[index]
-                self.coefficients[index, column] += 1.0
-                self.member_coefficients[:, index, column] += 1.0
-        all_observations = np.concatenate([t.observations for t in usable])
-        scale = np.std(all_observations, axis=0)
-        self.observation_scale = np.where(scale > 1e-12, scale, 1.0)
+        fitted = fit_ensemble(self, trajectories)
+        self.pysindy_model = fitted.pysindy_model
+        self.coefficients = fitted.coefficients
+        self.member_coefficients = fitted.member_coefficients
+        self.observation_scale = fitted.observation_scale
         self.model_version += 1
         self.validation = None
-        self.fit_info = {
-            'n_samples': int(n_samples),
-            'n_saturated_dropped': int(np.sum(~keep)),
-            'n_trajectories': len(usable),
-            'fit_seconds': float(fit_seconds),
-        }
+        self.fit_info = fitted.fit_info
         self._prepare_evaluation()
         return self
 
@@ -632,97 +457,16 @@ class SindyDynamics:
         stride: int | None = None,
         divergence_factor: float = 10.0,
     ) -> dict[str, Any]:
-        """Multi-step rollout error on (held-out) trajectories.
+        """Multi-step rollout error on (held-out) trajectories, kept as ``validation``.
 
-        Windows of ``horizon`` steps start every ``stride`` steps; each is simulated
-        with the recorded actions from the recorded first observation and compared
-        with the recorded observations. One-step error says little about a model
-        used for hundreds of steps; this is what the policy will experience.
-
-        Parameters
-        ----------
-        trajectories : sequence of Trajectory
-        horizon : int
-            Steps per window (shorter trajectories give one window of their length).
-        stride : int, optional
-            Steps between window starts (default ``max(1, horizon // 5)``).
-        divergence_factor : float
-            A prediction farther than ``divergence_factor`` × (data range) from the
-            data's centre, or non-finite, counts as diverged.
-
-        Returns
-        -------
-        dict
-            ``nrmse``: RMS error over all windows and steps, per feature divided by
-            the feature's std in these trajectories, averaged over features;
-            ``nrmse_per_feature`` (list), ``mae_per_feature`` (mean absolute error in
-            the observation's units, list), ``final_nrmse`` (at the last step of the
-            windows), ``one_step_nrmse``, ``max_error`` (largest absolute error),
-            ``diverged`` (bool), ``diverged_fraction`` (of windows), ``n_windows``,
-            ``horizon``. All finite (errors of diverged windows are measured on
-            predictions clipped to the divergence bound).
+        Windows of ``horizon`` steps are simulated with the recorded actions and compared
+        with the recorded observations; the arguments and the metrics (``nrmse``,
+        ``final_nrmse``, ``diverged``...) are those of
+        :func:`~sindyrl_ros.core.dynamics_validation.rollout_error`. They are saved with
+        the model.
         """
-        horizon = int(horizon)
-        if horizon < 1:
-            raise ValueError('horizon must be >= 1')
-        stride = max(1, horizon // 5) if stride is None else int(stride)
-        usable = [t for t in trajectories if t.n_steps >= 1]
-        if not usable:
-            raise ValueError('no trajectory with at least one transition to validate on')
-        all_observations = np.concatenate([t.observations for t in usable])
-        centre = 0.5 * (all_observations.max(axis=0) + all_observations.min(axis=0))
-        span = np.maximum(all_observations.max(axis=0) - all_observations.min(axis=0), 1e-6)
-        bound = divergence_factor * span
-        scale = np.std(all_observations, axis=0)
-        scale = np.where(scale > 1e-9, scale, 1.0)
-        groups: dict[int, list[tuple[Trajectory, int]]] = {}
-        for trajectory in usable:
-            length = min(horizon, trajectory.n_steps)
-            starts = range(0, trajectory.n_steps - length + 1, stride)
-            for start in starts:
-                groups.setdefault(length, []).append((trajectory, start))
-        squared = np.zeros(self.n_observations)
-        absolute = np.zeros(self.n_observations)
-        final_squared = np.zeros(self.n_observations)
-        one_step_squared = np.zeros(self.n_observations)
-        count = 0
-        n_windows = 0
-        n_diverged = 0
-        max_error = 0.0
-        for length, windows in groups.items():
-            observations0 = np.stack([t.observations[s] for t, s in windows])
-            actions = np.stack([t.actions[s : s + length] for t, s in windows], axis=1)
-            truth = np.stack([t.observations[s : s + length + 1] for t, s in windows], axis=1)
-            predicted = self._rollout_batch(observations0, actions)
-            with np.errstate(invalid='ignore'):
-                bad = ~np.isfinite(predicted) | (np.abs(predicted - centre) > bound)
-            window_diverged = np.any(bad, axis=(0, 2))
-            predicted = np.nan_to_num(predicted, nan=np.inf)
-            predicted = np.clip(predicted, centre - bound, centre + bound)
-            error = (predicted - truth)[1:] / scale
-            squared += np.sum(error**2, axis=(0, 1))
-            absolute += np.sum(np.abs(predicted - truth)[1:], axis=(0, 1))
-            final_squared += np.sum(error[-1] ** 2, axis=0)
-            one_step_squared += np.sum(error[0] ** 2, axis=0)
-            count += error.shape[0] * error.shape[1]
-            n_windows += len(windows)
-            n_diverged += int(np.sum(window_diverged))
-            max_error = max(max_error, float(np.max(np.abs((predicted - truth)[1:]))))
-        per_feature = np.sqrt(squared / count)
-        metrics = {
-            'nrmse': float(np.mean(per_feature)),
-            'nrmse_per_feature': [float(v) for v in per_feature],
-            'mae_per_feature': [float(v) for v in absolute / count],
-            'final_nrmse': float(np.mean(np.sqrt(final_squared / n_windows))),
-            'one_step_nrmse': float(np.mean(np.sqrt(one_step_squared / n_windows))),
-            'max_error': max_error,
-            'diverged': bool(n_diverged > 0),
-            'diverged_fraction': n_diverged / n_windows,
-            'n_windows': int(n_windows),
-            'horizon': horizon,
-        }
-        self.validation = metrics
-        return metrics
+        self.validation = rollout_error(self, trajectories, horizon, stride, divergence_factor)
+        return self.validation
 
     # ------------------------------------------------------------------ readable form
     def equations(self, precision: int = 3) -> list[str]:
@@ -755,35 +499,7 @@ class SindyDynamics:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready model card: names, library, coefficients, members, metrics, equations."""
-        return {
-            'format': MODEL_FORMAT,
-            'version': MODEL_VERSION,
-            'model_version': int(self.model_version),
-            'observation_names': list(self.observation_names),
-            'action_names': list(self.action_names),
-            'dt': self.dt,
-            'angle_pairs': [list(pair) for pair in self.angle_pairs],
-            'action_low': None if self.action_low is None else self.action_low.tolist(),
-            'action_high': None if self.action_high is None else self.action_high.tolist(),
-            'saturation': {name: list(limits) for name, limits in self.saturation.items()},
-            'library': self.library.to_dict(),
-            'ensemble': self.ensemble.to_dict(),
-            'terms': [
-                {
-                    'powers': list(term.powers),
-                    'trig': None if term.trig is None else list(term.trig),
-                }
-                for term in self.terms
-            ],
-            'feature_names': self.feature_names(),
-            'coefficients': self.coefficients.tolist(),
-            'member_coefficients': self.member_coefficients.tolist(),
-            'observation_scale': self.observation_scale.tolist(),
-            'n_nonzero': self.n_nonzero,
-            'equations': self.equations(),
-            'validation': self.validation,
-            'fit_info': dict(self.fit_info),
-        }
+        return model_to_dict(self)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], where: str = 'model') -> SindyDynamics:
@@ -795,86 +511,7 @@ class SindyDynamics:
             Naming the field that is missing, mistyped, non-finite or of the wrong
             shape.
         """
-        check_document(doc, MODEL_FORMAT, {MODEL_VERSION}, where)
-        observation_names = _names(
-            require(doc, 'observation_names', list, where), where, 'observation_names'
-        )
-        action_names = _names(require(doc, 'action_names', list, where), where, 'action_names')
-        n, m = len(observation_names), len(action_names)
-        dt = require(doc, 'dt', float, where)
-        angle_pairs_doc = require(doc, 'angle_pairs', list, where)
-        try:
-            library = LibraryConfig.from_dict(require(doc, 'library', dict, where))
-        except (TypeError, ValueError) as error:
-            raise FormatError(f'{where}.library: {error}') from None
-        try:
-            ensemble = EnsembleConfig.from_dict(require(doc, 'ensemble', dict, where))
-        except (TypeError, ValueError) as error:
-            raise FormatError(f'{where}.ensemble: {error}') from None
-        angle_pairs = []
-        for index, pair in enumerate(angle_pairs_doc):
-            if (
-                not isinstance(pair, list)
-                or len(pair) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
-            ):
-                raise FormatError(f'{where}.angle_pairs[{index}]: expected [cos index, sin index]')
-            angle_pairs.append((pair[0], pair[1]))
-        limits = {}
-        saturation_doc = doc.get('saturation') or {}
-        if not isinstance(saturation_doc, dict):
-            raise FormatError(f'{where}.saturation: expected an object')
-        saturation = {
-            name: tuple(as_float_array(value, (2,), f'{where}.saturation.{name}'))
-            for name, value in saturation_doc.items()
-        }
-        for key in ('action_low', 'action_high'):
-            value = doc.get(key)
-            limits[key] = None if value is None else as_float_array(value, (m,), f'{where}.{key}')
-        try:
-            model = cls(
-                observation_names,
-                action_names,
-                dt,
-                angle_pairs=angle_pairs,
-                library=library,
-                ensemble=ensemble,
-                action_low=limits['action_low'],
-                action_high=limits['action_high'],
-                saturation=saturation,
-            )
-        except ValueError as error:
-            raise FormatError(f'{where}: {error}') from None
-        terms = _terms_from_doc(require(doc, 'terms', list, where), n + m, where)
-        if terms != model.terms:
-            raise FormatError(
-                f'{where}.terms: stored library terms do not match the library configuration '
-                f'({len(terms)} stored, {len(model.terms)} from the configuration)'
-            )
-        n_terms = len(terms)
-        model.coefficients = as_float_array(
-            require(doc, 'coefficients', list, where), (n, n_terms), f'{where}.coefficients'
-        )
-        members = require(doc, 'member_coefficients', list, where)
-        if members:
-            model.member_coefficients = as_float_array(
-                members, (None, n, n_terms), f'{where}.member_coefficients'
-            )
-        scale = as_float_array(
-            require(doc, 'observation_scale', list, where), (n,), f'{where}.observation_scale'
-        )
-        if np.any(scale <= 0):
-            raise FormatError(f'{where}.observation_scale: values must be positive')
-        model.observation_scale = scale
-        model.model_version = require(doc, 'model_version', int, where)
-        validation = doc.get('validation')
-        if validation is not None and not isinstance(validation, dict):
-            raise FormatError(f'{where}.validation: expected an object or null')
-        model.validation = validation
-        fit_info = doc.get('fit_info', {})
-        model.fit_info = fit_info if isinstance(fit_info, dict) else {}
-        model._prepare_evaluation()
-        return model
+        return model_from_dict(cls, doc, where)
 
     def save(self, path: str | Path) -> None:
         """Write the model card as JSON (atomic replace)."""
@@ -900,35 +537,3 @@ def _limits(values: Sequence[float], m: int, what: str) -> np.ndarray:
     if array.shape != (m,) or not np.all(np.isfinite(array)):
         raise ValueError(f'{what} must be {m} finite values, got {values!r}')
     return array
-
-
-def _names(values: list, where: str, key: str) -> list[str]:
-    if not values or not all(isinstance(v, str) and v for v in values):
-        raise FormatError(f'{where}.{key}: expected a non-empty list of non-empty strings')
-    return values
-
-
-def _terms_from_doc(values: list, n_inputs: int, where: str) -> list[Term]:
-    terms = []
-    for index, entry in enumerate(values):
-        at = f'{where}.terms[{index}]'
-        powers = require(entry, 'powers', list, at)
-        if len(powers) != n_inputs or not all(
-            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in powers
-        ):
-            raise FormatError(f'{at}.powers: expected {n_inputs} non-negative integers')
-        trig = entry.get('trig')
-        if trig is not None:
-            if (
-                not isinstance(trig, list)
-                or len(trig) != 3
-                or not isinstance(trig[0], int)
-                or not 0 <= trig[0] < n_inputs
-                or not isinstance(trig[1], int)
-                or trig[1] < 1
-                or trig[2] not in ('sin', 'cos')
-            ):
-                raise FormatError(f"{at}.trig: expected [input index, frequency, 'sin'|'cos']")
-            trig = (trig[0], trig[1], trig[2])
-        terms.append(Term(tuple(powers), trig))
-    return terms

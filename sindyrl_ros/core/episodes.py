@@ -22,10 +22,7 @@ For a plant on its own clock that the package does not drive (a ros2_control rob
 :class:`AnsweredSteps` builds those steps from the controller's answers: a step runs from
 one observation the controller answered to the next one it answered (a robot's joint
 states may come much faster than the control period), with the answer to the first as
-its action. :class:`EpisodeControl` is the hold/reset protocol of such a plant: which
-steps count (none while the run supervisor holds the robot or a reset runs), when the
-controller must be deactivated (the safe command) and activated again, and when a reset
-provider must run (after every episode, and on the supervisor's request).
+its action. The hold/reset protocol of such a plant is :mod:`sindyrl_ros.core.episode_control`.
 
 Nothing here knows about ROS; the nodes feed these and publish what they return.
 """
@@ -41,11 +38,9 @@ import numpy as np
 
 __all__ = [
     'AnsweredSteps',
-    'EpisodeControl',
     'EpisodeLedger',
     'LedgerStep',
     'SAFE',
-    'Settle',
     'UNKNOWN',
 ]
 
@@ -505,135 +500,3 @@ class AnsweredSteps:
             step.observation_after = observation
             steps.append(self._waiting.popleft())
         return steps
-
-
-RUNNING, HELD, RESETTING = 'running', 'held', 'resetting'
-# What EpisodeControl asks its node to do, in order.
-DEACTIVATE = 'deactivate'  # the controller sends its safe command from now on
-ACTIVATE = 'activate'  # the controller drives the plant again
-RESTART_STEPS = 'restart_steps'  # no step spans what comes (AnsweredSteps.restart)
-END_EPISODE = 'end_episode'  # close the episode in progress as 'reset'
-RUN_RESET = 'run_reset'  # start the reset provider; report with reset_finished()
-ANSWER_RESETS = 'answer_resets'  # answer the reset requests waiting for this reset
-
-
-class EpisodeControl:
-    """The hold/reset protocol of a plant the package does not own (module docstring).
-
-    States: ``held`` (the run supervisor holds the plant: the controller sends its safe
-    command and no step counts), ``running`` (steps count) and ``resetting`` (a reset
-    provider runs, the controller holds the safe command, no step counts). Each method
-    returns the list of things the node must do, in order (the constants above).
-
-    Parameters
-    ----------
-    start_paused : bool
-        Start held: nothing moves before the run supervisor resumes the plant.
-    reset_after_episode : bool
-        Reset the plant through the provider after every episode (False for a plant that
-        resets itself without help).
-    """
-
-    def __init__(self, start_paused: bool = True, reset_after_episode: bool = True) -> None:
-        self.paused = bool(start_paused)
-        self.reset_after_episode = bool(reset_after_episode)
-        self.state = HELD if self.paused else RUNNING
-        self.waiting_resets = 0  # reset requests answered when the running reset ends
-        self.resets = 0
-
-    @property
-    def counting(self) -> bool:
-        """Whether the plant's steps count now."""
-        return self.state == RUNNING
-
-    def start(self) -> list[str]:
-        """What to do at start-up."""
-        return [DEACTIVATE] if self.state == HELD else [ACTIVATE]
-
-    def pause(self, hold: bool) -> list[str]:
-        """The run supervisor holds (True) or resumes (False) the plant."""
-        self.paused = bool(hold)
-        if self.state == RESETTING:
-            return []  # reset_finished() decides
-        if hold and self.state == RUNNING:
-            self.state = HELD
-            return [DEACTIVATE, RESTART_STEPS]
-        if not hold and self.state == HELD:
-            self.state = RUNNING
-            return [RESTART_STEPS, ACTIVATE]
-        return []
-
-    def request_reset(self) -> list[str]:
-        """The run supervisor asks for a reset; answer it after ``ANSWER_RESETS``."""
-        self.waiting_resets += 1
-        if self.state == RESETTING:
-            return []  # the reset already running answers it
-        return self._reset()
-
-    def episode_ended(self) -> list[str]:
-        """The ledger closed an episode (length or termination) while running."""
-        if not self.reset_after_episode or self.state != RUNNING:
-            return []
-        return self._reset()
-
-    def _reset(self) -> list[str]:
-        was_running = self.state == RUNNING
-        self.state = RESETTING
-        self.resets += 1
-        actions = [END_EPISODE, RESTART_STEPS, RUN_RESET]
-        return [DEACTIVATE, *actions] if was_running else actions
-
-    def reset_finished(self) -> list[str]:
-        """The reset provider is done (or failed: the node answers the requests with
-        the failure); the plant goes back to held or running."""
-        if self.state != RESETTING:
-            return []
-        actions = [ANSWER_RESETS] if self.waiting_resets else []
-        self.waiting_resets = 0
-        if self.paused:
-            self.state = HELD
-            return actions
-        self.state = RUNNING
-        return [*actions, RESTART_STEPS, ACTIVATE]
-
-
-class Settle:
-    """Whether a plant has settled: the named features stayed below a tolerance for long.
-
-    The ``settle`` reset provider holds the safe command until every feature in
-    ``indices`` (e.g. a pendulum's ``theta_dot``) has stayed within ``±tolerance`` for
-    ``duration`` seconds: a pendulum that hangs still, an arm that stopped.
-
-    Parameters
-    ----------
-    indices : sequence of int
-        Observation indices of the velocities to watch.
-    tolerance : float
-        Largest absolute value that counts as still.
-    duration : float
-        Seconds the features must stay still.
-    """
-
-    def __init__(self, indices, tolerance: float, duration: float) -> None:
-        self.indices = np.asarray(list(indices), dtype=np.intp)
-        if self.indices.size == 0:
-            raise ValueError('settle needs at least one feature to watch')
-        if not tolerance > 0 or not duration >= 0:
-            raise ValueError('settle needs a positive tolerance and a duration >= 0')
-        self.tolerance = float(tolerance)
-        self.duration = float(duration)
-        self._still_since: float | None = None
-
-    def restart(self) -> None:
-        """Start watching anew (a new reset)."""
-        self._still_since = None
-
-    def update(self, now: float, observation: np.ndarray) -> bool:
-        """Feed the latest observation (shape (n,)); True once the plant has settled."""
-        values = np.asarray(observation, dtype=np.float64)[self.indices]
-        if not (np.all(np.isfinite(values)) and np.all(np.abs(values) <= self.tolerance)):
-            self._still_since = None
-            return False
-        if self._still_since is None:
-            self._still_since = float(now)
-        return now - self._still_since >= self.duration

@@ -7,20 +7,19 @@ of environments in one call.
 * :func:`pendulum_reward` and :func:`cartpole_swingup_reward` reproduce the
   benchmark rewards (gymnasium Pendulum-v1, dm_control cartpole swing-up) exactly,
   so policies trained on the surrogate are scored like on the real task.
-* :func:`expression_reward` builds a reward from a text expression of observation and
-  action names (for a robot configured from a YAML file), parsed with ``ast`` against
-  a whitelist: it never evaluates arbitrary code.
+* :func:`~sindyrl_ros.core.reward_expression.expression_reward` builds a reward from a text
+  expression of observation and action names (for a robot configured from a YAML file),
+  parsed with ``ast`` against a whitelist: it never evaluates arbitrary code.
 * :class:`SparseRewardModel` learns a sparse polynomial reward from recorded rewards,
   for plants whose reward cannot be computed from the observation directly.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Sequence
-import math
 from pathlib import Path
 from typing import Any
+import warnings
 
 import numpy as np
 
@@ -37,15 +36,11 @@ from sindyrl_ros.core.trajectories import Trajectory
 
 __all__ = [
     'LEARNED_REWARD',
-    'MAX_EXPRESSION_CHARACTERS',
-    'MAX_EXPRESSION_DEPTH',
-    'MAX_EXPRESSION_NODES',
     'REWARDS',
     'REWARD_FORMAT',
     'RewardFunction',
     'SparseRewardModel',
     'cartpole_swingup_reward',
-    'expression_reward',
     'get_reward',
     'pendulum_reward',
     'tolerance',
@@ -163,248 +158,14 @@ def get_reward(name: str) -> RewardFunction:
         raise ValueError(f'unknown reward {name!r}; known: {sorted(REWARDS)}') from None
 
 
-# ---------------------------------------------------------------------- expression reward
-# Caps on a reward expression, checked before it is compiled: the compiler recurses once per
-# level, and a reward is a few dozen terms, not a program. Without them a 1,000-term sum
-# (depth 1,000) raised RecursionError instead of a refusal.
-MAX_EXPRESSION_CHARACTERS = 10_000
-MAX_EXPRESSION_NODES = 2_000  # ast nodes, operators and name contexts included
-MAX_EXPRESSION_DEPTH = 100
-
-
-def _excerpt(text: str, limit: int = 200) -> str:
-    """``text`` cut for an error message (an expression may be 10,000 characters)."""
-    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
-
-
-def _check_size(tree: ast.AST) -> None:
-    """Refuse a parsed expression over the node or depth cap (iteratively: no recursion)."""
-    count, stack = 0, [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        if count > MAX_EXPRESSION_NODES:
-            raise ValueError(
-                f'reward expression is too large (more than {MAX_EXPRESSION_NODES} syntax nodes)'
-            )
-        if depth > MAX_EXPRESSION_DEPTH:
-            raise ValueError(
-                f'reward expression nests too deep (more than {MAX_EXPRESSION_DEPTH} levels; '
-                'a long sum nests one level per term)'
-            )
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-
-
-_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    'cos': np.cos,
-    'sin': np.sin,
-    'tan': np.tan,
-    'tanh': np.tanh,
-    'arctan2': np.arctan2,
-    'abs': np.abs,
-    'exp': np.exp,
-    'log': np.log,
-    'sqrt': np.sqrt,
-    'square': np.square,
-    'minimum': np.minimum,
-    'maximum': np.maximum,
-    'clip': np.clip,
-    'where': np.where,
-}
-_CONSTANTS = {'pi': np.pi}
-_BINARY = {
-    ast.Add: np.add,
-    ast.Sub: np.subtract,
-    ast.Mult: np.multiply,
-    ast.Div: np.divide,
-    ast.Pow: np.power,
-    ast.Mod: np.mod,
-    ast.BitAnd: np.logical_and,
-    ast.BitOr: np.logical_or,
-}
-_UNARY = {ast.USub: np.negative, ast.UAdd: np.positive, ast.Invert: np.logical_not}
-_COMPARE = {
-    ast.Lt: np.less,
-    ast.LtE: np.less_equal,
-    ast.Gt: np.greater,
-    ast.GtE: np.greater_equal,
-    ast.Eq: np.equal,
-    ast.NotEq: np.not_equal,
-}
-
-
-def _offending(node: ast.AST, expression: str) -> str:
-    segment = ast.get_source_segment(expression, node)
-    return _excerpt(segment) if segment else type(node).__name__
-
-
-def _compile(node: ast.AST, expression: str, variables: set[str]) -> Callable[[dict], Any]:
-    """Turn a whitelisted AST node into a closure over a dict of arrays."""
-    if isinstance(node, ast.Expression):
-        return _compile(node.body, expression, variables)
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise ValueError(
-                f'only numeric constants are allowed, got {_offending(node, expression)!r}'
-            )
-        # Every constant becomes a float64 here, so arithmetic on constants (9**9**9**9) is a
-        # few float operations at evaluation, never Python big-integer arithmetic.
-        try:
-            value = np.float64(float(node.value))
-        except OverflowError:
-            raise ValueError(
-                f'constant {_offending(node, expression)!r} is too large for a float'
-            ) from None
-        if not math.isfinite(value):
-            raise ValueError(f'constant {_offending(node, expression)!r} is not finite')
-        return lambda env: value
-    if isinstance(node, ast.Name):
-        name = node.id
-        if name in variables:
-            return lambda env: env[name]
-        if name in _CONSTANTS:
-            value = _CONSTANTS[name]
-            return lambda env: value
-        if name in _FUNCTIONS:
-            raise ValueError(f'function {name!r} must be called, e.g. {name}(...)')
-        raise ValueError(
-            f'unknown name {name!r}; allowed: observation/action names {sorted(variables)}, '
-            f'functions {sorted(_FUNCTIONS)}, constants {sorted(_CONSTANTS)}'
-        )
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        operation = _BINARY[type(node.op)]
-        left = _compile(node.left, expression, variables)
-        right = _compile(node.right, expression, variables)
-        return lambda env: operation(left(env), right(env))
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        operation = _UNARY[type(node.op)]
-        operand = _compile(node.operand, expression, variables)
-        return lambda env: operation(operand(env))
-    if isinstance(node, ast.Compare) and all(type(op) in _COMPARE for op in node.ops):
-        parts = [_compile(node.left, expression, variables)]
-        parts += [_compile(c, expression, variables) for c in node.comparators]
-        operations = [_COMPARE[type(op)] for op in node.ops]
-
-        def compare(env):
-            values = [part(env) for part in parts]
-            result = operations[0](values[0], values[1])
-            for index in range(1, len(operations)):
-                result = np.logical_and(
-                    result, operations[index](values[index], values[index + 1])
-                )
-            return result
-
-        return compare
-    if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:
-            raise ValueError(
-                f'call of {_offending(node.func, expression)!r} is not allowed; '
-                f'allowed functions: {sorted(_FUNCTIONS)}'
-            )
-        if node.keywords:
-            raise ValueError(
-                f'keyword arguments are not allowed in {_offending(node, expression)!r}'
-            )
-        function = _FUNCTIONS[node.func.id]
-        arguments = [_compile(a, expression, variables) for a in node.args]
-        return lambda env: function(*(a(env) for a in arguments))
-    if isinstance(node, ast.Attribute):
-        raise ValueError(f'attribute access {_offending(node, expression)!r} is not allowed')
-    raise ValueError(
-        f'{type(node).__name__} {_offending(node, expression)!r} is not allowed in a reward '
-        'expression (use arithmetic, comparisons and the allowed functions)'
-    )
-
-
-def expression_reward(
-    expression: str,
-    observation_names: Sequence[str],
-    action_names: Sequence[str],
-    observation: str = 'next',
-) -> RewardFunction:
-    """Reward from a text expression of observation and action names.
-
-    Example: ``"-(x**2) - 0.1*thdot**2 - 0.001*u**2"``. Allowed: numbers, the names,
-    ``pi``, ``+ - * / ** %``, comparisons, ``&``/``|``/``~`` on comparisons, and the
-    functions cos, sin, tan, tanh, arctan2, abs, exp, log, sqrt, square, minimum,
-    maximum, clip, where. The text is parsed with :mod:`ast` and only those nodes are
-    accepted; nothing is passed to ``eval``. A feature may share a function's name
-    (Pendulum's ``cos``, ``sin``): called, the name is the function; bare, the feature,
-    e.g. ``arctan2(sin, cos)``.
-
-    Parameters
-    ----------
-    expression : str
-    observation_names, action_names : sequence of str
-    observation : {'next', 'current'}
-        Whether observation names refer to the observation after the step (like
-        dm_control) or before it (like gymnasium's Pendulum).
-
-    Returns
-    -------
-    callable
-        ``fn(observations (N, n), actions (N, m), next_observations (N, n)) -> (N,)``.
-
-    Raises
-    ------
-    ValueError
-        If the expression does not parse or uses anything not allowed; the message
-        names the offending token.
-    """
-    if observation not in ('next', 'current'):
-        raise ValueError(f"observation must be 'next' or 'current', got {observation!r}")
-    if not isinstance(expression, str) or not expression.strip():
-        raise ValueError('reward expression is empty')
-    if len(expression) > MAX_EXPRESSION_CHARACTERS:
-        raise ValueError(
-            f'reward expression is too long (> {MAX_EXPRESSION_CHARACTERS} characters)'
-        )
-    observation_names = list(observation_names)
-    action_names = list(action_names)
-    # Names may coincide with functions (Pendulum's 'cos', 'sin' features): a called
-    # name is the function, a bare name the feature.
-    variables = set(observation_names) | set(action_names)
-    try:
-        tree = ast.parse(expression.strip(), mode='eval')
-    except SyntaxError as error:
-        raise ValueError(
-            f'reward expression does not parse: {_excerpt(error.msg)} in {_excerpt(expression)!r}'
-        ) from None
-    except (RecursionError, MemoryError, ValueError) as error:
-        # Deep nesting ('-' * 3000 + 'x') exhausts the parser; a NUL byte is a ValueError.
-        raise ValueError(
-            f'reward expression does not parse ({type(error).__name__}: '
-            f'{_excerpt(str(error))}) in {_excerpt(expression)!r}'
-        ) from None
-    _check_size(tree)
-    evaluate = _compile(tree, expression.strip(), variables)
-    use_next = observation == 'next'
-    observation_columns = {
-        name: index for index, name in enumerate(observation_names) if name in variables
-    }
-    action_columns = {name: index for index, name in enumerate(action_names) if name in variables}
-
-    def reward(
-        observations: np.ndarray, actions: np.ndarray, next_observations: np.ndarray
-    ) -> np.ndarray:
-        source = next_observations if use_next else observations
-        env = {name: source[:, index] for name, index in observation_columns.items()}
-        env.update({name: actions[:, index] for name, index in action_columns.items()})
-        with np.errstate(all='ignore'):
-            value = evaluate(env)
-        return np.broadcast_to(np.asarray(value, dtype=np.float64), (source.shape[0],)).copy()
-
-    reward.expression = expression  # type: ignore[attr-defined]
-    return reward
-
-
 # ---------------------------------------------------------------------- learned reward
 class SparseRewardModel:
     """Sparse polynomial reward r ≈ Θ(x, u) ξ learned from recorded rewards.
 
-    Fitted with sequentially thresholded least squares on columns scaled to unit
-    RMS, so ``threshold`` is relative: a term is dropped when its contribution is
-    below ``threshold`` × the standard deviation of the reward.
+    Fitted with pysindy's STLSQ (sequentially thresholded ridge least squares, then
+    unbiased) on columns scaled to unit RMS, so ``threshold`` is relative: a term is
+    dropped when its contribution is below ``threshold`` × the standard deviation of
+    the reward.
 
     Parameters
     ----------
@@ -434,6 +195,8 @@ class SparseRewardModel:
     ) -> None:
         if observation not in ('next', 'current'):
             raise ValueError(f"observation must be 'next' or 'current', got {observation!r}")
+        if int(max_iter) < 1:
+            raise ValueError(f'max_iter must be at least 1, got {max_iter}')
         self.observation_names = [str(n) for n in observation_names]
         self.action_names = [str(n) for n in action_names]
         self.library = library if library is not None else LibraryConfig(degree=2, control='full')
@@ -472,6 +235,10 @@ class SparseRewardModel:
         trajectories : sequence of Trajectory
             With ``rewards`` (T,) set.
         """
+        import pysindy as ps  # here: the nodes that only read LEARNED_REWARD stay light
+        from sklearn.exceptions import ConvergenceWarning
+        from threadpoolctl import threadpool_limits
+
         usable = [t for t in trajectories if t.rewards is not None and t.n_steps > 0]
         if not usable:
             raise ValueError('no trajectory with rewards to fit on')
@@ -486,28 +253,24 @@ class SparseRewardModel:
         theta = rows[everything.term_rows].T.copy()  # (N, n_terms)
         scale = np.sqrt(np.mean(theta**2, axis=0))
         scale = np.where(scale > 1e-12, scale, 1.0)
-        scaled = theta / scale
         reward_scale = max(float(np.std(rewards)), 1e-12)
-        keep = np.ones(len(self.terms), dtype=bool)
-        coefficients = np.zeros(len(self.terms))
-        for _ in range(self.max_iter):
-            coefficients[:] = 0.0
-            if not np.any(keep):
-                break
-            columns = scaled[:, keep]
-            gram = columns.T @ columns / len(rewards) + self.alpha * np.eye(columns.shape[1])
-            solution = np.linalg.solve(gram, columns.T @ rewards / len(rewards))
-            coefficients[keep] = solution
-            new_keep = keep & (np.abs(coefficients) >= self.threshold * reward_scale)
-            if np.array_equal(new_keep, keep):
-                break
-            keep = new_keep
-        coefficients[~keep] = 0.0
-        if np.any(keep):
-            # Unbias: plain least squares on the selected terms (the ridge only steers
-            # the selection).
-            coefficients[keep] = np.linalg.lstsq(scaled[:, keep], rewards, rcond=None)[0]
-        self.coefficients = coefficients / scale
+        # pysindy's ridge term is alpha |ξ|² next to a sum (not a mean) of squared errors, so
+        # alpha * N keeps ``alpha`` relative to the unit-RMS columns.  unbias refits the kept
+        # terms by plain least squares: the ridge only steers the selection.
+        optimizer = ps.STLSQ(
+            threshold=self.threshold * reward_scale,
+            alpha=self.alpha * len(rewards),
+            max_iter=self.max_iter,
+            unbias=True,
+        )
+        # Single-threaded BLAS: the regressions are small and OpenBLAS threads spin against
+        # other processes on a loaded machine.  A threshold that drops every term and a
+        # selection still changing after max_iter both leave a usable fit: no warning.
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api='blas'):
+            warnings.filterwarnings('ignore', 'Sparsity parameter is too big', UserWarning)
+            warnings.filterwarnings('ignore', category=ConvergenceWarning)
+            optimizer.fit(theta / scale, rewards)
+        self.coefficients = optimizer.coef_[0] / scale
         residual = theta @ self.coefficients - rewards
         self.fit_info = {
             'n_samples': int(len(rewards)),

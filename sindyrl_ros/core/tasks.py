@@ -230,6 +230,7 @@ class TaskSpec:
             expression that does not parse or uses anything not allowed.
         """
         from sindyrl_ros.core import reward
+        from sindyrl_ros.core.reward_expression import expression_reward
 
         if self.reward == reward.LEARNED_REWARD:
             raise ValueError(
@@ -238,7 +239,7 @@ class TaskSpec:
             )
         if self.reward in reward.REWARDS:
             return reward.REWARDS[self.reward]
-        return reward.expression_reward(self.reward, self.observation_names, self.action_names)
+        return expression_reward(self.reward, self.observation_names, self.action_names)
 
     def termination_function(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """``fn(observations (N, n)) -> bool (N,)`` from ``termination``; None without one.
@@ -253,9 +254,9 @@ class TaskSpec:
         """
         if not self.termination:
             return None
-        from sindyrl_ros.core import reward
+        from sindyrl_ros.core.reward_expression import expression_reward
 
-        expression = reward.expression_reward(self.termination, self.observation_names, ())
+        expression = expression_reward(self.termination, self.observation_names, ())
 
         def terminated(observations: np.ndarray) -> np.ndarray:
             observations = np.atleast_2d(np.asarray(observations, dtype=np.float64))

@@ -3,7 +3,7 @@
 A SINDy model x[k+1] = f(x[k], u[k]) is fitted on pairs of consecutive
 observations, so samples only belong together if they are exactly one control
 period apart. Real robots drop messages and get paused: the model updater pairs
-messages by stamp and cuts trajectories at gaps (core.mcap_log.TransitionAssembler),
+messages by stamp and cuts trajectories at gaps (core.transitions.TransitionAssembler),
 and :func:`split_outside_bounds` drops what a smooth model cannot describe.
 """
 

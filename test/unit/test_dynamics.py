@@ -4,7 +4,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
+from sindyrl_ros.core.dynamics import SindyDynamics
+from sindyrl_ros.core.dynamics_fit import EnsembleConfig
 from sindyrl_ros.core.library import LibraryConfig, build_terms
 from sindyrl_ros.core.trajectories import Trajectory, split_outside_bounds
 

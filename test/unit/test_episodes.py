@@ -11,7 +11,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-from sindyrl_ros.core.episodes import (
+from sindyrl_ros.core.episode_control import (
     ACTIVATE,
     ANSWER_RESETS,
     DEACTIVATE,
@@ -20,13 +20,10 @@ from sindyrl_ros.core.episodes import (
     RESETTING,
     RESTART_STEPS,
     RUN_RESET,
-    SAFE,
-    UNKNOWN,
-    AnsweredSteps,
     EpisodeControl,
-    EpisodeLedger,
     Settle,
 )
+from sindyrl_ros.core.episodes import SAFE, UNKNOWN, AnsweredSteps, EpisodeLedger
 from sindyrl_ros.core.task_parameters import task_from_parameters
 from sindyrl_ros.core.tasks import get_task
 

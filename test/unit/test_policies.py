@@ -1,24 +1,24 @@
-"""Numpy policies: evaluation, JSON format and its validation, sparse distillation."""
+"""Numpy policies: evaluation, JSON format and its validation, latency."""
 
 import json
 
 import numpy as np
+from pendulum_data import (
+    ACTION_NAMES,
+    OBSERVATION_NAMES,
+    make_known_polynomial_policy,
+    pendulum_states,
+)
 import pytest
 
 from sindyrl_ros.core.policies import (
     MLPPolicy,
     SparsePolynomialPolicy,
-    distill_sparse_policy,
-    load_policy,
     measure_policy_latency,
-    policy_from_dict,
-    policy_from_json,
     polynomial_powers,
 )
+from sindyrl_ros.core.policy_loading import load_policy, policy_from_dict, policy_from_json
 from sindyrl_ros.core.serialization import FormatError
-
-OBSERVATION_NAMES = ['cos_theta', 'sin_theta', 'theta_dot']
-ACTION_NAMES = ['torque']
 
 
 def make_mlp(activation='tanh', seed=0, hidden=(16, 16), n=3, m=1):
@@ -31,27 +31,6 @@ def make_mlp(activation='tanh', seed=0, hidden=(16, 16), n=3, m=1):
     names = [f'x{i}' for i in range(n)] if n != 3 else OBSERVATION_NAMES
     actions = [f'u{i}' for i in range(m)] if m != 1 else ACTION_NAMES
     return MLPPolicy(layers, activation, names, actions, -2.0 * np.ones(m), 2.0 * np.ones(m))
-
-
-def make_known_polynomial_policy():
-    """u = clip(-1.5 cos_theta + 0.5 sin_theta * theta_dot, -2, 2)."""
-    powers = polynomial_powers(3, 3)
-    coefficients = np.zeros((len(powers), 1))
-    coefficients[_row(powers, [1, 0, 0])] = -1.5
-    coefficients[_row(powers, [0, 1, 1])] = 0.5
-    return SparsePolynomialPolicy(
-        powers, coefficients, OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0], {'source': 'test'}
-    )
-
-
-def _row(powers, exponents):
-    return int(np.flatnonzero((powers == np.array(exponents)).all(axis=1))[0])
-
-
-def pendulum_states(count, seed=0):
-    rng = np.random.default_rng(seed)
-    theta = rng.uniform(-np.pi, np.pi, count)
-    return np.column_stack([np.cos(theta), np.sin(theta), rng.uniform(-8, 8, count)])
 
 
 @pytest.mark.parametrize('activation', ['tanh', 'relu'])
@@ -317,190 +296,7 @@ def test_policy_file_parsing_is_total(tmp_path):
         assert str(error.value).startswith(str(path)), (label, str(error.value)[:200])
 
 
-def test_distillation_recovers_known_polynomial_controller():
-    teacher = make_known_polynomial_policy()
-    observations = pendulum_states(3000, seed=2)
-    # The teacher saturates on a good part of these states.
-    assert np.mean(np.abs(teacher.act_batch(observations)) == 2.0) > 0.2
-    student = distill_sparse_policy(
-        teacher, observations, degree=3, n_models=10, seed=0, angle_pairs=[(0, 1)]
-    )
-    assert student.n_nonzero == 2
-    powers = student.powers
-    np.testing.assert_allclose(student.coefficients[_row(powers, [1, 0, 0]), 0], -1.5, atol=1e-3)
-    np.testing.assert_allclose(student.coefficients[_row(powers, [0, 1, 1]), 0], 0.5, atol=1e-3)
-    summary = student.metadata['distillation']
-    assert summary['n_nonzero'] == 2 and summary['validation_rms_error'] < 1e-3
-    assert student.metadata['source'] == 'test'  # teacher metadata is carried over
-    test_states = pendulum_states(500, seed=9)
-    np.testing.assert_allclose(
-        student.act_batch(test_states), teacher.act_batch(test_states), atol=1e-3
-    )
-
-
-def test_distillation_of_a_saturating_tanh_teacher():
-    # SAC's deterministic action: tanh-squashed, often near its limits.
-    layer = (np.array([[-1.5, 0.0, -0.5]]), np.array([0.1]))
-    teacher = MLPPolicy([layer], 'tanh', OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0])
-    observations = pendulum_states(2000, seed=4)
-    student = distill_sparse_policy(teacher, observations, n_models=5, angle_pairs=[(0, 1)])
-    summary = student.metadata['distillation']
-    assert student.n_nonzero <= 8
-    assert summary['validation_rms_error'] < 0.1  # normalised action units
-    assert [c['threshold'] for c in summary['candidates']] == [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
-    # Censoring the saturated samples beats fitting the saturated values directly.
-    plain = distill_sparse_policy(
-        teacher, observations, n_models=5, angle_pairs=[(0, 1)], saturation=1.0
-    )
-    assert summary['validation_rms_error'] < plain.metadata['distillation']['validation_rms_error']
-    # Library without cos_theta^2 and higher (they repeat other monomials on the circle).
-    assert student.powers[:, 0].max() == 1
-    test_states = pendulum_states(500, seed=11)
-    error = student.act_batch(test_states) - teacher.act_batch(test_states)
-    assert np.sqrt(np.mean(error**2)) < 0.2  # torque units (limits ±2)
-
-
 def test_measure_policy_latency_reports_percentiles():
     result = measure_policy_latency(make_known_polynomial_policy(), n_calls=200)
     assert set(result) == {'p50_us', 'p99_us', 'max_us', 'mean_us'}
     assert 0 < result['p50_us'] <= result['p99_us'] <= result['max_us']
-
-
-class PendulumBatch:
-    """Pendulum-v1 physics for a few pendulums at once (SurrogateVecEnv interface)."""
-
-    def __init__(self, n_envs=8):
-        self.n_envs = n_envs
-        self.rng = np.random.default_rng(0)
-        self.state = np.zeros((n_envs, 2))
-
-    def _observations(self):
-        theta, theta_dot = self.state.T
-        return np.column_stack([np.cos(theta), np.sin(theta), theta_dot])
-
-    def reset(self, seed=None):
-        self.rng = np.random.default_rng(seed)
-        return self.reset_done(np.ones(self.n_envs, dtype=bool))
-
-    def reset_done(self, done):
-        self.state[done] = self.rng.uniform([-np.pi, -1.0], [np.pi, 1.0], (int(done.sum()), 2))
-        return self._observations()
-
-    def step(self, actions):
-        torque = np.clip(actions[:, 0], -2.0, 2.0)
-        theta, theta_dot = self.state.T
-        theta_dot = np.clip(theta_dot + (15.0 * np.sin(theta) + 3.0 * torque) * 0.05, -8, 8)
-        self.state = np.column_stack([theta + theta_dot * 0.05, theta_dot])
-        no = np.zeros(self.n_envs, dtype=bool)
-        return self._observations(), -np.abs(torque), no, no
-
-
-def test_distillation_with_student_rollouts_dagger():
-    teacher = make_known_polynomial_policy()
-    student = distill_sparse_policy(
-        teacher,
-        pendulum_states(300, seed=5),
-        n_models=5,
-        angle_pairs=[(0, 1)],
-        dagger_env=PendulumBatch(),
-        dagger_rounds=2,
-        dagger_steps=50,
-    )
-    summary = student.metadata['distillation']
-    assert summary['dagger_rounds'] == 2
-    assert len(summary['dagger_validation_rms_errors']) == 3
-    assert summary['n_observations'] == 300 + 2 * 8 * 51  # initial + two rollouts
-    assert student.equations() == [
-        'torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)'
-    ]
-
-
-class PendulumCost(PendulumBatch):
-    """PendulumBatch with Pendulum-v1's cost as reward, so returns rank controllers."""
-
-    def step(self, actions):
-        torque = np.clip(actions[:, 0], -2.0, 2.0)
-        theta = np.arctan2(np.sin(self.state[:, 0]), np.cos(self.state[:, 0]))
-        cost = theta**2 + 0.1 * self.state[:, 1] ** 2 + 0.001 * torque**2
-        observations, _, terminated, truncated = super().step(actions)
-        return observations, -cost, terminated, truncated
-
-
-def episode_returns(policy, env, seed, steps):
-    observations, total = env.reset(seed=seed), np.zeros(env.n_envs)
-    for _ in range(steps):
-        observations, reward, _, _ = env.step(policy.act_batch(observations))
-        total += reward
-    return total
-
-
-def test_distillation_selected_by_return_on_the_environment():
-    # A saturating network-like teacher; the student is scored by its return, not its fit.
-    layer = (np.array([[-1.5, 0.0, -0.5]]), np.array([0.1]))
-    teacher = MLPPolicy([layer], 'tanh', OBSERVATION_NAMES, ACTION_NAMES, [-2.0], [2.0])
-    env = PendulumCost(n_envs=16)
-    student = distill_sparse_policy(
-        teacher,
-        pendulum_states(400, seed=3),
-        degrees=(1, 2, 3),
-        n_models=1,
-        angle_pairs=[(0, 1)],
-        dagger_env=env,
-        dagger_rounds=1,
-        dagger_steps=60,
-        return_tolerance=0.05,
-        evaluation_episodes=32,
-        max_coefficients=12,
-    )
-    summary = student.metadata['distillation']
-    assert summary['selection'] == 'shortfall_to_teacher'
-    assert summary['evaluation_episodes'] == 32  # two batches of the 16 environments
-    teacher_return = summary['teacher_surrogate_return']
-    assert summary['allowed_shortfall'] == pytest.approx(0.05 * abs(teacher_return))
-    assert 0.0 <= summary['shortfall'] <= summary['allowed_shortfall']
-    assert student.n_nonzero <= 12 and summary['degree'] in (1, 2, 3)
-    # The sparsest good-enough candidate was kept.
-    good = [
-        c['n_nonzero']
-        for c in summary['candidates']
-        if c.get('shortfall', np.inf) <= summary['allowed_shortfall']
-    ]
-    assert min(good) == student.n_nonzero
-    # Start states it was not scored on: still about as good as the teacher.
-    fresh_teacher = episode_returns(teacher, env, seed=99, steps=60).mean()
-    fresh_student = episode_returns(student, env, seed=99, steps=60).mean()
-    assert fresh_student >= fresh_teacher - 0.1 * abs(fresh_teacher)
-
-
-def test_selection_by_return_needs_an_environment():
-    with pytest.raises(ValueError, match='dagger_env'):
-        distill_sparse_policy(
-            make_known_polynomial_policy(), pendulum_states(100), return_tolerance=0.01
-        )
-
-
-def test_distillation_searches_several_degrees():
-    teacher = make_known_polynomial_policy()
-    student = distill_sparse_policy(
-        teacher, pendulum_states(2000, seed=2), degrees=(1, 2, 3), n_models=5, angle_pairs=[(0, 1)]
-    )
-    summary = student.metadata['distillation']
-    assert {c['degree'] for c in summary['candidates']} == {1, 2, 3}
-    assert student.n_nonzero == 2 and summary['degree'] in (2, 3)  # sin_theta*theta_dot
-    assert student.equations() == [
-        'torque = clip(-1.5*cos_theta + 0.5*sin_theta*theta_dot, -2, 2)'
-    ]
-
-
-def test_distillation_keeps_to_a_coefficient_budget():
-    student = distill_sparse_policy(
-        make_known_polynomial_policy(),
-        pendulum_states(2000, seed=2),
-        degrees=(1, 2, 3),
-        thresholds=(0.0, 0.3, 1.0),
-        n_models=5,
-        angle_pairs=[(0, 1)],
-        max_coefficients=1,
-    )
-    # The exact two-term controller is over the budget: the best one-term one is kept.
-    assert student.equations() == ['torque = clip(-1.294*cos_theta, -2, 2)']

@@ -8,10 +8,10 @@ from sindyrl_ros.core.reward import (
     REWARDS,
     SparseRewardModel,
     cartpole_swingup_reward,
-    expression_reward,
     get_reward,
     pendulum_reward,
 )
+from sindyrl_ros.core.reward_expression import expression_reward
 from sindyrl_ros.core.serialization import FormatError
 from sindyrl_ros.core.trajectories import Trajectory
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sindyrl_ros.core.policies import MLPPolicy, policy_from_json
+from sindyrl_ros.core.policies import MLPPolicy
+from sindyrl_ros.core.policy_loading import policy_from_json
 from sindyrl_ros.core.sac import SACConfig, SACTrainer, resolve_device
 from sindyrl_ros.core.tasks import evaluate_policy, get_task
 

@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
+from sindyrl_ros.core.dynamics import SindyDynamics
+from sindyrl_ros.core.dynamics_fit import EnsembleConfig
 from sindyrl_ros.core.serialization import (
     MAX_DOCUMENT_BYTES,
     FormatError,

@@ -249,7 +249,7 @@ def test_gymnasium_knows_the_example_env():
 def test_example_task_fits_and_its_surrogate_scores_with_the_expression():
     """The core path the nodes take: fit E-SINDy on the real car, step the surrogate."""
     from sindyrl_ros.core.dyna import DynaConfig, PolicyLearner, RealPlant, fit_dynamics
-    from sindyrl_ros.core.dynamics import EnsembleConfig
+    from sindyrl_ros.core.dynamics_fit import EnsembleConfig
     from sindyrl_ros.core.library import LibraryConfig
 
     document = yaml.safe_load(EXAMPLE.read_text())
