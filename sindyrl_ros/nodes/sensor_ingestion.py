@@ -1,16 +1,10 @@
 """Sensor ingestion: joint states (+ optional IMU and odometry) -> the observation vector.
 
 Each observation feature is configured by a small spec, one per ``observation_names``
-entry (``observation_features``)::
-
-    cos(pendulum_joint.position)   sin(hinge.position)   wrap(hinge.position)
-    slider.position                hinge.velocity        wheel.effort
-    imu.roll  imu.pitch  imu.yaw  imu.angular_velocity_x|y|z  imu.linear_acceleration_x|y|z
-    odom.x  odom.y  odom.yaw  odom.vx  odom.vy  odom.wz
-
-Specs are parsed by a regular expression (never evaluated). Joints are matched **by
-name**: the order of ``/joint_states`` does not matter and joints no feature uses are
-ignored (unless ``allow_extra_joints`` is false).
+entry (``observation_features``), e.g. ``cos(hinge.position)``, ``slider.velocity``,
+``imu.pitch``, ``odom.vx`` (the forms and the rules: :mod:`sindyrl_ros.core.features`).
+Joints are matched **by name**; joints no feature uses are ignored (unless
+``allow_extra_joints`` is false).
 
 A ``/joint_states`` message drives one observation, stamped with the joint states' stamp;
 the latest IMU / odometry values are fused in. A message that must not reach the model or
@@ -45,144 +39,35 @@ counted as ``retransmitted``, so a lost message cannot stall the loop.
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 
 from builtin_interfaces.msg import Time as TimeMsg
 from nav_msgs.msg import Odometry
-import numpy as np
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Imu, JointState
-from transforms3d.euler import quat2euler
 
+from sindyrl_ros.core.features import (
+    ObservationFeatures,
+    check_orientation,
+    imu_values,
+    odometry_values,
+)
 from sindyrl_ros.core.stamps import StampWindow, describe_stamp
-from sindyrl_ros.nodes.common import (
-    RELIABLE_QOS,
-    SENSOR_QOS,
-    SHARED_PARAMETERS,
-    WAIT_REPORT_PARAMETER,
-    Diagnostics,
-    ParamSpec,
-    Waits,
+from sindyrl_ros.params.sensor_ingestion import PARAMETERS
+from sindyrl_ros.ros.diagnostics import Diagnostics, Waits
+from sindyrl_ros.ros.messages import stamp_to_ns
+from sindyrl_ros.ros.parameters import (
     check_parameter_files,
     configuration_error,
     declare_parameters,
-    run_node,
-    stamp_to_ns,
 )
-
-SENSOR_PARAMETERS = [
-    ParamSpec(
-        'observation_features',
-        [],
-        'One feature spec per observation name, e.g. '
-        "'cos(pendulum_joint.position)', 'slider.velocity', 'imu.roll', 'odom.vx'",
-        read_only=True,
-        type=Parameter.Type.STRING_ARRAY,
-    ),
-    ParamSpec(
-        'use_imu', False, 'Subscribe to imu (sensor_msgs/Imu) for imu.* features', read_only=True
-    ),
-    ParamSpec(
-        'use_odometry',
-        False,
-        'Subscribe to odom (nav_msgs/Odometry) for odom.* features',
-        read_only=True,
-    ),
-    ParamSpec(
-        'allow_extra_joints',
-        True,
-        'Ignore joints no feature uses; false: refuse joint states that name unknown joints',
-        read_only=True,
-    ),
-    ParamSpec(
-        'max_age',
-        0.5,
-        'Seconds (node clock) after which a joint state, IMU or odometry message is stale, '
-        'and by which the fused IMU / odometry may be older than the joint states; '
-        '0 = no age check',
-        range=(0.0, 3600.0),
-    ),
-    ParamSpec(
-        'max_future',
-        0.1,
-        'Seconds a joint state, IMU or odometry stamp may be ahead of the node clock (clock '
-        'offsets between machines, a message that overtakes its own /clock tick under '
-        'use_sim_time), and by which the fused IMU / odometry may be newer than the joint '
-        'states; a stamp further ahead is refused (future_stamp, imu_future_stamp, '
-        'odometry_future_stamp) and never becomes the reference of the order check; '
-        '0 = no future check',
-        range=(0.0, 3600.0),
-    ),
-    ParamSpec(
-        'diagnostics_period',
-        1.0,
-        'Seconds between /diagnostics messages',
-        range=(0.01, 3600.0),
-        read_only=True,
-    ),
-    WAIT_REPORT_PARAMETER,
-]
-# Everything this node declares (what a parameter file may set for it).
-PARAMETERS = SHARED_PARAMETERS + SENSOR_PARAMETERS
-
-JOINT_FIELDS = ('position', 'velocity', 'effort')
-IMU_FIELDS = (
-    'roll',
-    'pitch',
-    'yaw',
-    'angular_velocity_x',
-    'angular_velocity_y',
-    'angular_velocity_z',
-    'linear_acceleration_x',
-    'linear_acceleration_y',
-    'linear_acceleration_z',
-)
-ODOMETRY_FIELDS = ('x', 'y', 'yaw', 'vx', 'vy', 'wz')
-FUNCTIONS = {
-    '': lambda x: x,
-    'cos': math.cos,
-    'sin': math.sin,
-    'wrap': lambda x: math.atan2(math.sin(x), math.cos(x)),  # angle to [-pi, pi]
-}
-_FEATURE = re.compile(
-    r'^\s*(?:(?P<function>[a-z]+)\s*\(\s*(?P<inner>[^()\s]+)\s*\)|(?P<plain>[^()\s]+))\s*$'
-)
+from sindyrl_ros.ros.qos import RELIABLE_QOS, SENSOR_QOS
+from sindyrl_ros.ros.runtime import run_node
 
 
-def parse_feature(spec: str) -> tuple[str, str, str, str]:
-    """Split a feature spec into (function, source kind, name, field).
-
-    ``source kind`` is ``'joint'``, ``'imu'`` or ``'odom'``.
-
-    Raises
-    ------
-    ValueError
-        Naming what is wrong in the spec and the allowed forms.
-    """
-    match = _FEATURE.match(spec)
-    if match is None:
-        raise ValueError(f'{spec!r} is not of the form <name>.<field> or f(<name>.<field>)')
-    function = match.group('function') or ''
-    if function not in FUNCTIONS:
-        raise ValueError(f'{spec!r}: unknown function {function!r}; use cos, sin or wrap')
-    source = match.group('inner') or match.group('plain')
-    if '.' not in source:
-        raise ValueError(f'{spec!r}: {source!r} lacks a field (e.g. {source}.position)')
-    name, field = source.rsplit('.', 1)
-    if field in JOINT_FIELDS and name:
-        return function, 'joint', name, field
-    if name == 'imu' and field in IMU_FIELDS:
-        return function, 'imu', name, field
-    if name == 'odom' and field in ODOMETRY_FIELDS:
-        return function, 'odom', name, field
-    raise ValueError(
-        f'{spec!r}: unknown field {field!r}; joints have {JOINT_FIELDS}, imu has '
-        f'{IMU_FIELDS}, odom has {ODOMETRY_FIELDS}'
-    )
+def _fields(message: JointState) -> dict:
+    return {'position': message.position, 'velocity': message.velocity, 'effort': message.effort}
 
 
 class SensorIngestionNode(Node):
@@ -203,21 +88,20 @@ class SensorIngestionNode(Node):
                 f'expected one spec per observation name '
                 f'({len(self.observation_names)}), got {len(p.observation_features)}',
             )
-        self._compile(p.observation_features)
-
-        n = len(self.observation_names)
-        self._raw = np.zeros(len(self._joint_sources))  # joint values the features read
-        self._last_raw = np.full(len(self._joint_sources), np.nan)
-        self._observation = np.zeros(n)
+        try:
+            self.features = ObservationFeatures(
+                p.observation_features, p.use_imu, p.use_odometry
+            )
+        except ValueError as error:
+            raise configuration_error(self, 'observation_features', str(error)) from None
+        self._last_raw = self.features.raw.copy()
+        self._last_raw[:] = float('nan')
         # One stamp window per input: each has its own order reference.
         self._windows = {
             label: StampWindow(p.max_future, p.max_age)
             for label in ('joint_states', 'imu', 'odometry')
         }
-        self._imu = np.zeros(len(IMU_FIELDS))
-        self._imu_stamp_ns: int | None = None
-        self._odometry = np.zeros(len(ODOMETRY_FIELDS))
-        self._odometry_stamp_ns: int | None = None
+        self._source_stamps: dict[str, int | None] = {'imu': None, 'odometry': None}
         self._message = JointState(name=list(self.observation_names))
 
         self.diagnostics = Diagnostics(self, p.diagnostics_period)
@@ -251,72 +135,7 @@ class SensorIngestionNode(Node):
             for window in self._windows.values():
                 setattr(window, name, value)
 
-    def _compile(self, specs: list[str]) -> None:
-        """Feature specs -> (function, kind, index) with joint (name, field) pairs indexed."""
-        p = self.parameters
-        self._joint_sources: list[tuple[str, str]] = []  # (joint name, field), unique
-        self._features: list[tuple] = []
-        for spec in specs:
-            try:
-                function, kind, name, field = parse_feature(spec)
-            except ValueError as error:
-                raise configuration_error(self, 'observation_features', str(error)) from None
-            if kind == 'joint':
-                if (name, field) not in self._joint_sources:
-                    self._joint_sources.append((name, field))
-                index = self._joint_sources.index((name, field))
-            elif kind == 'imu':
-                if not p.use_imu:
-                    raise configuration_error(
-                        self, 'observation_features', f'{spec!r} needs use_imu: true'
-                    )
-                index = IMU_FIELDS.index(field)
-            else:
-                if not p.use_odometry:
-                    raise configuration_error(
-                        self, 'observation_features', f'{spec!r} needs use_odometry: true'
-                    )
-                index = ODOMETRY_FIELDS.index(field)
-            self._features.append((FUNCTIONS[function], kind, index))
-        self._joints = sorted({name for name, _ in self._joint_sources})
-        self._fields = sorted({field for _, field in self._joint_sources})
-        self._needs_imu = any(kind == 'imu' for _, kind, _ in self._features)
-        self._needs_odometry = any(kind == 'odom' for _, kind, _ in self._features)
-
     # ------------------------------------------------------------------ joint states
-
-    def _check_structure(self, message: JointState, where: str) -> dict[str, int] | None:
-        """Name -> index in the message, or None after refusing a malformed message."""
-        names = list(message.name)
-        for field in JOINT_FIELDS:
-            length = len(getattr(message, field))
-            if length and length != len(names):
-                self.diagnostics.reject(
-                    'length_mismatch', f'{where}: {len(names)} names but {length} {field} values'
-                )
-                return None
-        for field in self._fields:
-            if not len(getattr(message, field)):
-                self.diagnostics.reject('missing_field', f'{where}: no {field} values')
-                return None
-        index = {name: i for i, name in enumerate(names)}
-        if len(index) != len(names):
-            self.diagnostics.reject('duplicate_joint', f'{where}: names {names} repeat a name')
-            return None
-        missing = [name for name in self._joints if name not in index]
-        if missing:
-            self.diagnostics.reject(
-                'missing_joint', f'{where}: joints {missing} missing (message has {names})'
-            )
-            return None
-        if not self.parameters.allow_extra_joints:
-            unknown = [name for name in names if name not in self._joints]
-            if unknown:
-                self.diagnostics.reject(
-                    'unknown_joint', f'{where}: unknown joints {unknown} (expected {self._joints})'
-                )
-                return None
-        return index
 
     def _on_joint_states(self, message: JointState) -> None:
         if not self.diagnostics.counters['joint_states']:
@@ -324,26 +143,27 @@ class SensorIngestionNode(Node):
         self.diagnostics.increment('joint_states')
         stamp_ns = stamp_to_ns(message.header.stamp)
         where = f'{self._topics["joint_states"]} stamp {describe_stamp(stamp_ns)}'
-        index = self._check_structure(message, where)
+        features = self.features
+        fields = _fields(message)
+        index, reason, detail = features.check_structure(
+            message.name, fields, self.parameters.allow_extra_joints
+        )
         if index is None:
+            self.diagnostics.reject(reason, f'{where}: {detail}')
             return
-        raw = self._raw
-        for k, (name, field) in enumerate(self._joint_sources):
-            raw[k] = getattr(message, field)[index[name]]
-        if not np.all(np.isfinite(raw)):
-            bad = [
-                f'{n}.{f}'
-                for (n, f), v in zip(self._joint_sources, raw, strict=True)
-                if not math.isfinite(v)
-            ]
-            self.diagnostics.reject('nonfinite', f'{where}: non-finite {bad}')
+        problem = features.read_joints(fields, index)
+        if problem:
+            self.diagnostics.reject('nonfinite', f'{where}: {problem}')
             return
         if not self._check_time(message.header.stamp, where):
             return
-        if not self._fuse(stamp_ns, where):
+        p = self.parameters
+        reason, detail = features.fuse(stamp_ns, self._source_stamps, p.max_age, p.max_future)
+        if reason:
+            self.diagnostics.reject(reason, f'{where}: {detail}')
             return
         self._windows['joint_states'].accept(stamp_ns)
-        self._last_raw[:] = raw
+        self._last_raw[:] = features.raw
         self._publish(message)
 
     def _check_time(self, stamp: TimeMsg, where: str) -> bool:
@@ -361,7 +181,7 @@ class SensorIngestionNode(Node):
             )
             self.diagnostics.increment('clock_steps_back')
         if verdict.repeated:
-            if np.array_equal(self._raw, self._last_raw):
+            if (self.features.raw == self._last_raw).all():
                 self.diagnostics.increment('retransmitted')
                 self._publisher.publish(self._message)
             else:
@@ -374,107 +194,49 @@ class SensorIngestionNode(Node):
             return False
         return True
 
-    def _fuse(self, stamp_ns: int, where: str) -> bool:
-        """Compute the features; False (refused) when a needed IMU/odometry value is unfit.
-
-        Unfit: none received yet, more than ``max_age`` older or more than ``max_future``
-        newer than the joint states (so nothing stale or from the future is fused).
-        """
-        max_age, max_future = self.parameters.max_age, self.parameters.max_future
-        for needed, source_stamp, label in (
-            (self._needs_imu, self._imu_stamp_ns, 'imu'),
-            (self._needs_odometry, self._odometry_stamp_ns, 'odometry'),
-        ):
-            if not needed:
-                continue
-            if source_stamp is None:
-                self.diagnostics.reject(f'missing_{label}', f'{where}: no {label} received yet')
-                return False
-            if max_age > 0.0 and (stamp_ns - source_stamp) * 1e-9 > max_age:
-                self.diagnostics.reject(
-                    f'stale_{label}',
-                    f'{where}: latest {label} is '
-                    f'{(stamp_ns - source_stamp) * 1e-9:.3f} s older (max_age {max_age} s)',
-                )
-                return False
-            if max_future > 0.0 and (source_stamp - stamp_ns) * 1e-9 > max_future:
-                self.diagnostics.reject(
-                    f'future_{label}',
-                    f'{where}: latest {label} is {(source_stamp - stamp_ns) * 1e-9:.3f} s '
-                    f'newer (max_future {max_future} s)',
-                )
-                return False
-        sources = {'joint': self._raw, 'imu': self._imu, 'odom': self._odometry}
-        for k, (function, kind, index) in enumerate(self._features):
-            self._observation[k] = function(sources[kind][index])
-        return True
-
     def _publish(self, joint_states: JointState) -> None:
         message = self._message
         message.header.stamp = joint_states.header.stamp
         message.header.frame_id = joint_states.header.frame_id
-        message.position = self._observation.tolist()
+        message.position = self.features.observation.tolist()
         self._publisher.publish(message)
         self.diagnostics.increment('observations')
 
     # ------------------------------------------------------------------ IMU and odometry
 
     def _accept_source(
-        self,
-        label: str,
-        stamp: TimeMsg,
-        stamp_ns: int,
-        values: list[float],
-        quaternion: list[float],
+        self, label: str, stamp: TimeMsg, values: list[float], quaternion: list[float]
     ) -> bool:
         """Finite values, a unit quaternion and a stamp within the input's window."""
+        stamp_ns = stamp_to_ns(stamp)
         where = f'{self._topics[label]} stamp {describe_stamp(stamp_ns)}'
-        if not all(math.isfinite(v) for v in values + quaternion):
-            self.diagnostics.reject(f'{label}_nonfinite', f'{where}: non-finite values')
-            return False
-        if abs(math.sqrt(sum(q * q for q in quaternion)) - 1.0) > 1e-2:
-            self.diagnostics.reject(
-                f'{label}_quaternion',
-                f'{where}: orientation {quaternion} is not a unit quaternion',
-            )
-            return False
-        window = self._windows[label]
-        verdict = window.check(stamp.sec, stamp.nanosec, self.get_clock().now().nanoseconds)
-        if verdict.refused:
-            self.diagnostics.reject(f'{label}_{verdict.reason}', f'{where}: {verdict.detail}')
+        reason, detail = check_orientation(values, quaternion)
+        if not reason:
+            window = self._windows[label]
+            verdict = window.check(stamp.sec, stamp.nanosec, self.get_clock().now().nanoseconds)
+            reason, detail = (verdict.reason, verdict.detail) if verdict.refused else ('', '')
+        if reason:
+            self.diagnostics.reject(f'{label}_{reason}', f'{where}: {detail}')
             return False
         window.accept(stamp_ns)
+        self._source_stamps[label] = stamp_ns
         return True
 
     def _on_imu(self, message: Imu) -> None:
-        stamp_ns = stamp_to_ns(message.header.stamp)
         o, w, a = message.orientation, message.angular_velocity, message.linear_acceleration
         quaternion = [o.w, o.x, o.y, o.z]  # transforms3d order: w first
         rates = [w.x, w.y, w.z, a.x, a.y, a.z]
-        if not self._accept_source('imu', message.header.stamp, stamp_ns, rates, quaternion):
-            return
-        roll, pitch, yaw = quat2euler(quaternion, axes='sxyz')
-        self._imu[:] = (roll, pitch, yaw, *rates)
-        self._imu_stamp_ns = stamp_ns
+        if self._accept_source('imu', message.header.stamp, rates, quaternion):
+            self.features.imu[:] = imu_values(quaternion, rates)
 
     def _on_odometry(self, message: Odometry) -> None:
-        stamp_ns = stamp_to_ns(message.header.stamp)
         pose, twist = message.pose.pose, message.twist.twist
         o = pose.orientation
         quaternion = [o.w, o.x, o.y, o.z]
-        values = [
-            pose.position.x,
-            pose.position.y,
-            twist.linear.x,
-            twist.linear.y,
-            twist.angular.z,
-        ]
-        if not self._accept_source('odometry', message.header.stamp, stamp_ns, values, quaternion):
-            return
-        yaw = quat2euler(quaternion, axes='sxyz')[2]
-        x, y, vx, vy, wz = values
-        self._odometry[:] = (x, y, yaw, vx, vy, wz)
-        self._odometry_stamp_ns = stamp_ns
+        x, y = pose.position.x, pose.position.y
+        vx, vy, wz = twist.linear.x, twist.linear.y, twist.angular.z
+        if self._accept_source('odometry', message.header.stamp, [x, y, vx, vy, wz], quaternion):
+            self.features.odometry[:] = odometry_values(quaternion, x, y, vx, vy, wz)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -57,7 +57,8 @@ def _train(start_process, name: str, *arguments: str):
 
 def _recorded(run_dir) -> list[dict]:
     """Per session: {(topic, stamp): values} of everything the recording holds now."""
-    from sindyrl_ros.core.mcap_log import LogFormatError, read_recording
+    from sindyrl_ros.core.mcap_reader import LogFormatError
+    from sindyrl_ros.core.recording import read_recording
 
     try:
         logs = read_recording(run_dir / 'recording')
@@ -80,7 +81,7 @@ def test_a_node_killed_at_random_never_lets_a_bad_command_out_and_resume_finishe
     import rclpy.node
     from std_msgs.msg import Float64MultiArray
 
-    from sindyrl_ros.nodes.common import RELIABLE_QOS
+    from sindyrl_ros.ros.qos import RELIABLE_QOS
 
     # One seed per victim: each is killed once, in an order and at moments the seeds draw.
     victim = random.Random(2026).sample(VICTIMS, len(VICTIMS))[seed]

@@ -43,7 +43,8 @@ class ControllerProbe:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool, Float64MultiArray, String
 
-        from sindyrl_ros.nodes.common import LATCHED_QOS, RELIABLE_QOS, stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
+        from sindyrl_ros.ros.qos import LATCHED_QOS, RELIABLE_QOS
 
         self.node = node
         self.commands: list[tuple[float, list[float], int | None]] = []  # (time, values, stamp)
@@ -53,7 +54,7 @@ class ControllerProbe:
         self.estop = node.create_publisher(Bool, '/sindyrl/estop', LATCHED_QOS)
 
         def on_command(message):
-            from sindyrl_ros.nodes.common import command_stamp_ns
+            from sindyrl_ros.ros.messages import command_stamp_ns
 
             self.commands.append((time.monotonic(), list(message.data), command_stamp_ns(message)))
 
@@ -73,7 +74,7 @@ class ControllerProbe:
     def send_observation(self, values) -> int:
         from sensor_msgs.msg import JointState
 
-        from sindyrl_ros.nodes.common import ns_to_stamp
+        from sindyrl_ros.ros.messages import ns_to_stamp
 
         self.stamp_ns += 50_000_000
         message = JointState(name=SHARED['observation_names'], position=list(values))

@@ -68,7 +68,8 @@ class SafetyProbe:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool, Float64MultiArray, String
 
-        from sindyrl_ros.nodes.common import LATCHED_QOS, RELIABLE_QOS, stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
+        from sindyrl_ros.ros.qos import LATCHED_QOS, RELIABLE_QOS
 
         self.node = rclpy.node.Node('safety_probe', context=context)
         self.executor = executor
@@ -101,7 +102,7 @@ class SafetyProbe:
 
     @staticmethod
     def _on_command(log, message) -> None:
-        from sindyrl_ros.nodes.common import command_stamp_ns
+        from sindyrl_ros.ros.messages import command_stamp_ns
 
         log.append((time.monotonic(), list(message.data), command_stamp_ns(message)))
 
@@ -118,7 +119,7 @@ class SafetyProbe:
         """
         from sensor_msgs.msg import JointState
 
-        from sindyrl_ros.nodes.common import ns_to_stamp
+        from sindyrl_ros.ros.messages import ns_to_stamp
 
         if not again:
             self.stamp_ns += int(PERIOD * 1e9)
@@ -272,7 +273,7 @@ def test_estop_latches_until_explicit_release_and_deactivation_holds_safe(
     """
     from std_msgs.msg import Bool
 
-    from sindyrl_ros.nodes.common import LATCHED_QOS
+    from sindyrl_ros.ros.qos import LATCHED_QOS
 
     context, executor = ros_context
     constant_policy(1.5).save(tmp_path / 'policy.json')
@@ -515,7 +516,8 @@ def test_silent_serial_link_trips_the_watchdog_end_to_end(ros_context, start_pro
     context, executor = ros_context
     link = tmp_path / 'rig'
     emulator = start_process(
-        [sys.executable, '-m', 'sindyrl_ros.rig_emulator', '--link', str(link)], name='emulator'
+        [sys.executable, '-m', 'sindyrl_ros.hardware.emulator', '--link', str(link)],
+        name='emulator',
     )
     constant_policy(1.5).save(tmp_path / 'policy.json')
     timeout = 0.3

@@ -35,7 +35,7 @@ class GraphStandIn:
         from std_msgs.msg import Empty, String
         from std_srvs.srv import SetBool, Trigger
 
-        from sindyrl_ros.nodes.common import EPISODE_QOS, RELIABLE_QOS, TRANSITION_QOS
+        from sindyrl_ros.ros.qos import EPISODE_QOS, RELIABLE_QOS, TRANSITION_QOS
 
         self.node, self.executor = node, executor
         self.activations: list[bool] = []

@@ -3,8 +3,8 @@
 import json
 import sys
 
-import gymnasium as gym
 import numpy as np
+from pendulum_data import pendulum_episode
 import pytest
 from ros_testing import NodeStatusProbe, spin_until
 
@@ -12,32 +12,6 @@ pytestmark = pytest.mark.ros
 
 DT_NS = 50_000_000  # Pendulum-v1 control period
 NAMES = ('cos_theta', 'sin_theta', 'theta_dot')
-
-
-def pendulum_episode(seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Observations (steps+1, 3) and random torques (steps, 1) of gymnasium Pendulum-v1."""
-    observations, actions, _ = rewarded_pendulum_episode(seed, steps)
-    return observations, actions
-
-
-def rewarded_pendulum_episode(seed: int, steps: int):
-    """Observations (steps+1, 3), random torques (steps, 1) and the env's rewards (steps,)."""
-    env = gym.make('Pendulum-v1')
-    observation, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
-    observations, actions, rewards = [observation], [], []
-    for _ in range(steps):
-        action = env.action_space.sample()
-        observation, reward, *_ = env.step(action)
-        observations.append(observation)
-        actions.append(action)
-        rewards.append(reward)
-    env.close()
-    return (
-        np.asarray(observations, dtype=np.float64),
-        np.asarray(actions, dtype=np.float64),
-        np.asarray(rewards, dtype=np.float64),
-    )
 
 
 def episode_messages(start_ns, observations, actions, mode='explore'):
@@ -61,8 +35,7 @@ class UpdaterProbe(NodeStatusProbe):
         from sensor_msgs.msg import JointState
         from std_msgs.msg import String
 
-        from sindyrl_ros.nodes.common import LATCHED_QOS
-        from sindyrl_ros.nodes.model_updater import TRANSITION_QOS
+        from sindyrl_ros.ros.qos import LATCHED_QOS, TRANSITION_QOS
 
         super().__init__('updater_probe', context, executor, '/model_updater')
         self.observations = self.node.create_publisher(
@@ -100,7 +73,7 @@ class UpdaterProbe(NodeStatusProbe):
 
     def send(self, messages, burst=20):
         """Publish in small bursts, giving DDS time to deliver them."""
-        from sindyrl_ros.nodes.common import ns_to_stamp, vector_message
+        from sindyrl_ros.ros.messages import ns_to_stamp, vector_message
 
         for index, (topic, stamp, values, mode) in enumerate(messages):
             if topic == 'observation':
@@ -146,7 +119,8 @@ def start_updater(start_process, run_dir, *parameters):
 
 def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_process, tmp_path):
     from sindyrl_ros.core.dynamics import SindyDynamics
-    from sindyrl_ros.core.mcap_log import assemble_log, read_recording
+    from sindyrl_ros.core.recording import read_recording
+    from sindyrl_ros.core.transitions import assemble_log
 
     context, executor = ros_context
     run_dir = tmp_path / 'run'
@@ -156,9 +130,9 @@ def test_pairs_by_stamp_splits_on_gaps_records_and_publishes(ros_context, start_
     probe = UpdaterProbe(context, executor)
     assert probe.connected(), updater.output()
 
-    first_obs, first_act = pendulum_episode(seed=0, steps=150)
-    second_obs, second_act = pendulum_episode(seed=1, steps=150)
-    eval_obs, eval_act = pendulum_episode(seed=2, steps=40)
+    first_obs, first_act, _ = pendulum_episode(seed=0, steps=150)
+    second_obs, second_act, _ = pendulum_episode(seed=1, steps=150)
+    eval_obs, eval_act, _ = pendulum_episode(seed=2, steps=40)
     evaluation = episode_messages(0, eval_obs, eval_act, mode='evaluate')
     # A 1 s gap (20 control periods) separates the episodes, as after a plant reset.
     explore = episode_messages(3 * 10**9, first_obs, first_act)
@@ -233,7 +207,7 @@ def test_keeps_recording_during_a_fit_and_never_publishes_a_rejected_model(
     )
     probe = UpdaterProbe(context, executor)
     assert probe.connected(), updater.output()
-    observations, actions = pendulum_episode(seed=3, steps=200)
+    observations, actions, _ = pendulum_episode(seed=3, steps=200)
     messages = episode_messages(10**9, observations, actions)
     probe.send(messages[:204])  # 102 observations: 101 transitions start the fit
     assert probe.spin_until(lambda: probe.value('fit_running') == 'True', 60), updater.output()
@@ -256,11 +230,11 @@ def test_keeps_recording_during_a_fit_and_never_publishes_a_rejected_model(
 
 
 def test_starts_from_a_recorded_log(ros_context, start_process, tmp_path):
-    from sindyrl_ros.core.mcap_log import TransitionLogWriter
+    from sindyrl_ros.core.mcap_writer import TransitionLogWriter
 
     context, executor = ros_context
     log_path = tmp_path / 'earlier' / 'recording.mcap'
-    observations, actions = pendulum_episode(seed=4, steps=200)
+    observations, actions, _ = pendulum_episode(seed=4, steps=200)
     with TransitionLogWriter(log_path, metadata={'observation_names': json.dumps(NAMES)}) as w:
         for _, stamp, values, mode in episode_messages(10**9, observations, actions):
             if mode:
@@ -283,7 +257,7 @@ def test_starts_from_a_recorded_log(ros_context, start_process, tmp_path):
     assert updater.stop() == 0, updater.output()
     probe.destroy()
     # The run's own recording holds the log it was fitted on, as a session of its own.
-    from sindyrl_ros.core.mcap_log import read_recording
+    from sindyrl_ros.core.recording import read_recording
 
     # (The live session received nothing, so it wrote no segment.)
     [copied] = read_recording(run_dir / 'recording')
@@ -301,7 +275,7 @@ def test_resumes_after_kill_9_with_every_session_paired_on_its_own(
     """
     import signal
 
-    from sindyrl_ros.core.mcap_log import read_recording
+    from sindyrl_ros.core.recording import read_recording
 
     context, executor = ros_context
     run_dir = tmp_path / 'run'
@@ -314,7 +288,7 @@ def test_resumes_after_kill_9_with_every_session_paired_on_its_own(
     )
     probe = UpdaterProbe(context, executor)
     assert probe.connected(), first.output()
-    observations, actions = pendulum_episode(seed=7, steps=150)
+    observations, actions, _ = pendulum_episode(seed=7, steps=150)
     probe.send(episode_messages(10**9, observations, actions))
     assert probe.recorded(151, 151), first.output()
     probe.spin_until(lambda: False, timeout=1.5)  # flushed, one segment closed
@@ -330,7 +304,7 @@ def test_resumes_after_kill_9_with_every_session_paired_on_its_own(
     assert probe.spin_until(lambda: probe.cards, timeout=60), second.output()
     assert probe.cards[-1]['transitions'] == 150 and probe.cards[-1]['model_version'] == 1
     # Same stamps again, another episode: 150 more, not a mix of the two.
-    others, other_actions = pendulum_episode(seed=8, steps=150)
+    others, other_actions, _ = pendulum_episode(seed=8, steps=150)
     probe.send(episode_messages(10**9, others, other_actions))
     assert probe.recorded(151, 151), second.output()
     assert probe.spin_until(lambda: probe.value('transitions_explore') == '300', 10)
@@ -344,10 +318,10 @@ def test_resumes_after_kill_9_with_every_session_paired_on_its_own(
 
 def test_learns_the_reward_the_plant_reports(ros_context, start_process, tmp_path):
     """reward:=learned: rewards on /sindyrl/reward, paired by stamp, make a reward model."""
-    from sindyrl_ros.core.mcap_log import read_recording
+    from sindyrl_ros.core.model_fitting import fit_reward_model
+    from sindyrl_ros.core.recording import read_recording
     from sindyrl_ros.core.reward import SparseRewardModel
     from sindyrl_ros.core.tasks import get_task
-    from sindyrl_ros.nodes.model_updater import fit_reward_model
 
     context, executor = ros_context
     run_dir = tmp_path / 'run'
@@ -362,8 +336,8 @@ def test_learns_the_reward_the_plant_reports(ros_context, start_process, tmp_pat
     probe = UpdaterProbe(context, executor)
     assert probe.connected(), updater.output()
 
-    first_obs, first_act, first_rew = rewarded_pendulum_episode(seed=5, steps=150)
-    second_obs, second_act, second_rew = rewarded_pendulum_episode(seed=6, steps=150)
+    first_obs, first_act, first_rew = pendulum_episode(seed=5, steps=150)
+    second_obs, second_act, second_rew = pendulum_episode(seed=6, steps=150)
     second_start = 10**9 + 171 * DT_NS
     messages = episode_messages(10**9, first_obs, first_act)
     messages += episode_messages(second_start, second_obs, second_act)

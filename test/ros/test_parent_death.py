@@ -1,7 +1,7 @@
 """No node commands an actuator once the process that started it is gone (kill -9).
 
 The nodes run in their own sessions, so nothing but the parent-death handling of
-``common.run_node`` stops them when their parent dies; the controller must send its safe
+``ros.runtime.run_node`` stops them when their parent dies; the controller must send its safe
 command on the way out.
 """
 
@@ -50,7 +50,8 @@ def test_controller_sends_the_safe_command_and_exits_when_its_parent_is_killed(
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
-    from sindyrl_ros.nodes.common import RELIABLE_QOS, ns_to_stamp
+    from sindyrl_ros.ros.messages import ns_to_stamp
+    from sindyrl_ros.ros.qos import RELIABLE_QOS
 
     context, executor = ros_context
     params = write_params(
@@ -131,7 +132,7 @@ def test_killing_the_runner_stops_every_node_of_the_run(ros_context, start_proce
     import yaml
 
     from sindyrl_ros import graph
-    from sindyrl_ros.nodes.common import SENSOR_QOS
+    from sindyrl_ros.ros.qos import SENSOR_QOS
 
     context, executor = ros_context
     node = rclpy.node.Node('runner_death_probe', context=context)

@@ -26,7 +26,7 @@ class PlantDriver:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray, String
 
-        from sindyrl_ros.nodes.common import EPISODE_QOS, RELIABLE_QOS
+        from sindyrl_ros.ros.qos import EPISODE_QOS, RELIABLE_QOS
 
         self.states: dict[int, tuple] = {}  # stamp ns -> (positions, velocities)
         self.received = 0
@@ -52,12 +52,12 @@ class PlantDriver:
         )
 
     def _on_clock(self, message) -> None:
-        from sindyrl_ros.nodes.common import stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
 
         self.clock_ns.append(stamp_to_ns(message.clock))
 
     def _on_state(self, message) -> None:
-        from sindyrl_ros.nodes.common import stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
 
         self.received += 1
         stamp = stamp_to_ns(message.header.stamp)
@@ -68,7 +68,7 @@ class PlantDriver:
             self.send([self.commands[len(self.states) - 1]], stamp)
 
     def send(self, values, stamp=None) -> None:
-        from sindyrl_ros.nodes.common import command_message
+        from sindyrl_ros.ros.messages import command_message
 
         self.command_publisher.publish(command_message(values, stamp if self.tag else None))
 
@@ -137,7 +137,7 @@ def test_lockstep_refuses_bad_and_late_commands_and_counts_episodes(
     from sensor_msgs.msg import JointState
     from std_srvs.srv import Trigger
 
-    from sindyrl_ros.nodes import common
+    from sindyrl_ros.ros.messages import ns_to_stamp
 
     context, executor = ros_context
     params = write_params(
@@ -191,7 +191,7 @@ def test_lockstep_refuses_bad_and_late_commands_and_counts_episodes(
     # into the episode record (the other steps' modes are unknown here).
     action = JointState(name=['torque'], effort=[0.0])
     action.header.frame_id = 'explore'
-    action.header.stamp = common.ns_to_stamp(first)
+    action.header.stamp = ns_to_stamp(first)
     driver.action_publisher.publish(action)
     spin_until(executor, lambda: False, timeout=0.3)
 

@@ -3,67 +3,19 @@
 import json
 import sys
 
-import gymnasium as gym
 import numpy as np
+from pendulum_data import pendulum_model_card
 import pytest
 from ros_testing import NodeStatusProbe
 
 pytestmark = pytest.mark.ros
 
 
-def pendulum_model_card(reward: str = 'pendulum') -> dict:
-    """A real model card: E-SINDy fitted on random Pendulum-v1 steps, as the updater makes it.
-
-    With ``reward='learned'`` the card also carries the reward model fitted on the env's
-    rewards, as the updater sends it for a task that learns its reward.
-    """
-    from sindyrl_ros.core.tasks import get_task
-    from sindyrl_ros.nodes.model_updater import fit_model
-
-    trajectories, rewarded = [], []
-    for seed in range(2):
-        env = gym.make('Pendulum-v1')
-        observation, _ = env.reset(seed=seed)
-        env.action_space.seed(seed)
-        observations, actions, rewards = [observation], [], []
-        for _ in range(150):
-            action = env.action_space.sample()
-            observation, real_reward, *_ = env.step(action)
-            observations.append(observation)
-            actions.append(action)
-            rewards.append(real_reward)
-        env.close()
-        observations = np.asarray(observations, dtype=np.float64)
-        actions = np.asarray(actions, dtype=np.float64)
-        trajectories.append((observations, actions, 0.05 * np.arange(len(observations))))
-        rewarded.append((observations, actions, np.asarray(rewards, dtype=np.float64)))
-    task = get_task('pendulum').to_dict()
-    task['reward'] = reward
-    result = fit_model(
-        {
-            'task': task,
-            'config': {
-                'library': {'degree': 3, 'control': 'affine'},
-                'ensemble': {'n_models': 10, 'seed': 0},
-                'validation_horizon': 50,
-            },
-            'trajectories': trajectories,
-            'reward_trajectories': rewarded,
-            'reward_config': {'degree': 3},
-            'model_version': 1,
-            'n_start_observations': 64,
-            'seed': 0,
-        }
-    )
-    assert result.get('accepted'), result
-    return result['card']
-
-
 class TrainerProbe(NodeStatusProbe):
     def __init__(self, context, executor):
         from std_msgs.msg import String
 
-        from sindyrl_ros.nodes.common import LATCHED_QOS
+        from sindyrl_ros.ros.qos import LATCHED_QOS
 
         super().__init__('trainer_probe', context, executor, '/policy_trainer')
         self.models = self.node.create_publisher(String, '/sindyrl/model', LATCHED_QOS)
@@ -82,7 +34,7 @@ class TrainerProbe(NodeStatusProbe):
 def test_trains_on_the_newest_model_and_refuses_a_malformed_card(
     ros_context, start_process, tmp_path
 ):
-    from sindyrl_ros.core.policies import load_policy, policy_from_json
+    from sindyrl_ros.core.policy_loading import load_policy, policy_from_json
 
     card = pendulum_model_card()
     context, executor = ros_context
@@ -179,7 +131,7 @@ def test_trains_on_the_newest_model_and_refuses_a_malformed_card(
 
 def test_learned_reward_comes_with_the_card(ros_context, start_process, tmp_path):
     """reward:=learned: a card without a reward model is refused; with one, it is trained on."""
-    from sindyrl_ros.core.policies import policy_from_json
+    from sindyrl_ros.core.policy_loading import policy_from_json
     from sindyrl_ros.core.reward import SparseRewardModel
 
     card = pendulum_model_card(reward='learned')

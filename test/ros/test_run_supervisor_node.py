@@ -45,7 +45,7 @@ class StandIns(NodeStatusProbe):
         from std_msgs.msg import String
         from std_srvs.srv import SetBool, Trigger
 
-        from sindyrl_ros.nodes.common import LATCHED_QOS, RELIABLE_QOS
+        from sindyrl_ros.ros.qos import LATCHED_QOS, RELIABLE_QOS
 
         super().__init__('stand_ins', context, executor, '/run_supervisor')
         self.calls = []
@@ -79,7 +79,7 @@ class StandIns(NodeStatusProbe):
     def updater_status(self, **values):
         """The model updater's typed fit state (/sindyrl/fit_state); unnamed fields 0."""
         from sindyrl_ros.core.protocol import FIT_STATE_NAMES, FitState
-        from sindyrl_ros.nodes.common import vector_message
+        from sindyrl_ros.ros.messages import vector_message
 
         state = FitState(**values)
         stamp = self.node.get_clock().now().to_msg()

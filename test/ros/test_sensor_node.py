@@ -28,7 +28,7 @@ class SensorProbe:
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import Imu, JointState
 
-        from sindyrl_ros.nodes.common import RELIABLE_QOS, SENSOR_QOS
+        from sindyrl_ros.ros.qos import RELIABLE_QOS, SENSOR_QOS
 
         self.node = node
         self.observations: list[tuple[int, list[str], list[float]]] = []
@@ -39,7 +39,7 @@ class SensorProbe:
         node.create_subscription(JointState, output_topic, self._on_observation, RELIABLE_QOS)
 
     def _on_observation(self, message) -> None:
-        from sindyrl_ros.nodes.common import stamp_to_ns
+        from sindyrl_ros.ros.messages import stamp_to_ns
 
         self.observations.append(
             (stamp_to_ns(message.header.stamp), list(message.name), list(message.position))
@@ -51,7 +51,7 @@ class SensorProbe:
     def send_joints(self, stamp_ns, names, positions, velocities) -> None:
         from sensor_msgs.msg import JointState
 
-        from sindyrl_ros.nodes.common import ns_to_stamp
+        from sindyrl_ros.ros.messages import ns_to_stamp
 
         message = JointState(name=names, position=positions, velocity=velocities)
         message.header.stamp = ns_to_stamp(stamp_ns)
@@ -60,7 +60,7 @@ class SensorProbe:
     def send_imu(self, stamp_ns, quaternion_wxyz, gyro_z) -> None:
         from sensor_msgs.msg import Imu
 
-        from sindyrl_ros.nodes.common import ns_to_stamp
+        from sindyrl_ros.ros.messages import ns_to_stamp
 
         message = Imu()
         message.header.stamp = ns_to_stamp(stamp_ns)
@@ -73,7 +73,7 @@ class SensorProbe:
     def send_odometry(self, stamp_ns, vx, yaw) -> None:
         from nav_msgs.msg import Odometry
 
-        from sindyrl_ros.nodes.common import ns_to_stamp
+        from sindyrl_ros.ros.messages import ns_to_stamp
 
         message = Odometry()
         message.header.stamp = ns_to_stamp(stamp_ns)
@@ -231,7 +231,7 @@ def test_sensor_fuses_joints_imu_odometry_and_refuses_bad_input(
     sim_now = 100_000_000_000
     from rosgraph_msgs.msg import Clock
 
-    from sindyrl_ros.nodes.common import ns_to_stamp
+    from sindyrl_ros.ros.messages import ns_to_stamp
 
     def clock_seen():
         probe.clock.publish(Clock(clock=ns_to_stamp(sim_now)))
@@ -272,7 +272,7 @@ def test_sensor_refuses_stamps_outside_the_window_without_locking_out(
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import JointState
 
-    from sindyrl_ros.nodes.common import ns_to_stamp
+    from sindyrl_ros.ros.messages import ns_to_stamp
 
     context, executor = ros_context
     params = write_params(
