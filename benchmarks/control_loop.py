@@ -10,7 +10,7 @@ separate processes over real DDS and measures what the actuators see:
   (timer ticks on its steady clock, last 1,000 ticks);
 * **observation -> command latency** (``trigger:=observation``): a sensor process stamps each
   observation with CLOCK_MONOTONIC just before publishing it, the controller copies that
-  stamp into the command it answers with (``common.command_stamp_ns``), and the measuring
+  stamp into the command it answers with (``ros.messages.command_stamp_ns``), and the measuring
   process subtracts it from the command's arrival time (one machine, one clock);
 * **policy evaluation time**: ``core.policies.measure_policy_latency`` in this process for an
   MLP 64x64 and a sparse polynomial policy, once before the load starts and once under it.
@@ -34,8 +34,6 @@ from dataclasses import dataclass
 import os
 from pathlib import Path
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test' / 'ros'))
 
 from common import (  # noqa: E402
     command_line,
@@ -54,8 +53,9 @@ from common import (  # noqa: E402
     utc_now,
     write_json,
 )
+from ros_testing import DomainLease  # noqa: E402
 
-from sindyrl_ros.ros_domains import DomainLease, localhost_environment  # noqa: E402
+from sindyrl_ros.processes import ChildProcess, ros_environment  # noqa: E402
 
 RESULTS_FORMAT = 'sindyrl_ros/benchmark/control_loop'
 RESULTS_VERSION = 1
@@ -206,55 +206,14 @@ def pendulum_observations(seed: int, steps: int) -> np.ndarray:
 # --------------------------------------------------------------------------- processes
 
 
-def ros_environment(domain_id: int) -> dict[str, str]:
-    """Environment of every process of the benchmark: its own domain, localhost only."""
-    env = localhost_environment(domain_id)
+def child_environment(domain_id: int) -> dict[str, str]:
+    """Environment of every process of the benchmark: its own domain, localhost only, and
+    the sindyrl_ros of this checkout."""
+    env = ros_environment(domain_id)
     env['PYTHONPATH'] = os.pathsep.join(
         [str(REPOSITORY), *filter(None, [os.environ.get('PYTHONPATH')])]
     )
-    env.pop('ROS_LOCALHOST_ONLY', None)  # deprecated; conflicts with the range above
     return env
-
-
-class ChildProcess:
-    """A node or helper in its own process group (its fit worker included), output logged."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f'{name}.log'
-        self._log = open(self.log_path, 'wb')  # noqa: SIM115
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            cwd=REPOSITORY,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors='replace').splitlines()
-        return '\n'.join(text[-lines:])
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT (the controller then sends its safe command), SIGTERM, then SIGKILL."""
-        for signum, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0)):
-            if not self.alive():
-                break
-            os.killpg(self.process.pid, signum)
-            try:
-                self.process.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self.alive():
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 def node_args(module: str, params_file: Path, remaps: dict[str, str] | None = None) -> list[str]:
@@ -308,7 +267,8 @@ def run_sensor(rate_hz: float) -> int:
     from sensor_msgs.msg import JointState
 
     from sindyrl_ros.core.tasks import get_task
-    from sindyrl_ros.nodes.common import RELIABLE_QOS, ns_to_stamp
+    from sindyrl_ros.ros.messages import ns_to_stamp
+    from sindyrl_ros.ros.qos import RELIABLE_QOS
 
     names = list(get_task(TASK).observation_names)
     observations = pendulum_observations(seed=1, steps=1000)
@@ -345,8 +305,8 @@ def run_load_stream(rate_hz: float) -> int:
     from sensor_msgs.msg import JointState
 
     from sindyrl_ros.core.tasks import get_task
-    from sindyrl_ros.nodes.common import ns_to_stamp, vector_message
-    from sindyrl_ros.nodes.model_updater import TRANSITION_QOS
+    from sindyrl_ros.ros.messages import ns_to_stamp, vector_message
+    from sindyrl_ros.ros.qos import TRANSITION_QOS
 
     task = get_task(TASK)
     rclpy.init()
@@ -421,7 +381,8 @@ class Probe:
         from rclpy.node import Node
         from std_msgs.msg import Float64MultiArray
 
-        from sindyrl_ros.nodes.common import RELIABLE_QOS, command_stamp_ns
+        from sindyrl_ros.ros.messages import command_stamp_ns
+        from sindyrl_ros.ros.qos import RELIABLE_QOS
 
         rclpy.init()
         self.node = Node('bench_probe')
@@ -546,7 +507,7 @@ class Benchmark:
         self.arguments = arguments
         self.work_dir = work_dir
         self.lease = DomainLease()
-        self.env = ros_environment(self.lease.domain_id)
+        self.env = child_environment(self.lease.domain_id)
         # The probe's rclpy.init() in this process reads these.
         os.environ['ROS_DOMAIN_ID'] = self.env['ROS_DOMAIN_ID']
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
@@ -557,11 +518,11 @@ class Benchmark:
     def start(self, name: str, args: list[str], nice: int = 0) -> ChildProcess:
         if nice:
             args = ['nice', '-n', str(nice), *args]
-        child = ChildProcess(name, args, self.env, self.work_dir)
+        child = ChildProcess(args, self.env, self.work_dir / f'{name}.log', cwd=REPOSITORY)
         self.children.append(child)
         return child
 
-    def stop(self, child: ChildProcess) -> int:
+    def stop(self, child: ChildProcess) -> int | None:
         code = child.stop()
         self.children.remove(child)
         return code
@@ -655,7 +616,7 @@ class Benchmark:
         for child in self.children:
             if not child.alive():
                 raise RuntimeError(
-                    f'{child.name} exited with code {child.process.returncode}:\n{child.tail()}'
+                    f'{child.log_path.stem} exited with code {child.returncode}:\n{child.tail(30)}'
                 )
 
     # ------------------------------------------------------------------ phases
@@ -688,7 +649,7 @@ class Benchmark:
 
             if not probe.spin_until(running, 60.0):
                 raise RuntimeError(
-                    f'{phase.name}: no policy commands within 60 s:\n{controller.tail()}'
+                    f'{phase.name}: no policy commands within 60 s:\n{controller.tail(30)}'
                 )
             probe.spin_for(a.settle)
             load_start = load_snapshot(probe)

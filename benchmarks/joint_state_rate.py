@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'test' / 'ros'))
 
 from common import (  # noqa: E402
     command_line,
@@ -51,10 +52,11 @@ from common import (  # noqa: E402
     utc_now,
     write_json,
 )
+from ros_testing import DomainLease  # noqa: E402
 
 from sindyrl_ros import graph  # noqa: E402
-from sindyrl_ros.core.mcap_log import read_transition_log  # noqa: E402
-from sindyrl_ros.ros_domains import DomainLease, localhost_environment  # noqa: E402
+from sindyrl_ros.core.mcap_reader import read_transition_log  # noqa: E402
+from sindyrl_ros.processes import ros_environment  # noqa: E402
 
 RESULTS = ROOT / 'benchmarks' / 'results' / 'joint_state_rate.json'
 PLANT = ROOT / 'test' / 'ros2_control_plant.py'
@@ -71,7 +73,7 @@ def percentiles(values_ms: np.ndarray, which: tuple[int, ...]) -> dict[str, floa
 def run_phase(trigger: str, rate_hz: float, seconds: float, work: Path) -> dict:
     """One phase: the plant at ``rate_hz`` joint states, the nodes, ``seconds`` of control."""
     lease = DomainLease()
-    env = localhost_environment(lease.domain_id)
+    env = ros_environment(lease.domain_id)
     run_dir = work / f'{trigger}_{int(rate_hz)}'
     specs = {
         spec.name: spec

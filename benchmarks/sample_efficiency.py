@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'test' / 'ros'))
 
 from common import (  # noqa: E402
     command_line,
@@ -789,9 +790,11 @@ def run_sindy_rl_graph(task: TaskSpec, seed: int, options: Options) -> dict[str,
     The run's progress log says which policy was released at which real step; the policies
     it saved are evaluated on the grid (and finally) exactly as the core loop's are.
     """
-    from sindyrl_ros.core.policies import load_policy
+    from ros_testing import DomainLease
+
+    from sindyrl_ros.core.policy_loading import load_policy
     from sindyrl_ros.core.progress import read_progress
-    from sindyrl_ros.ros_domains import DomainLease, localhost_environment
+    from sindyrl_ros.processes import ros_environment
 
     config, budget = sindy_rl_config(task, seed, options)
     settings = graph_settings(task, options)
@@ -831,7 +834,7 @@ def run_sindy_rl_graph(task: TaskSpec, seed: int, options: Options) -> dict[str,
         ]
         print(f'[{label}] {" ".join(command)}', flush=True)
         code = run_graph_process(
-            command, localhost_environment(lease.domain_id), label, workdir / 'train.log'
+            command, ros_environment(lease.domain_id), label, workdir / 'train.log'
         )
     finally:
         lease.release()

@@ -2,12 +2,14 @@
 
 import json
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from sindyrl_ros import cli
+from sindyrl_ros import cli, graph, runs
 from sindyrl_ros.run_plots import plot_learning_curve
 
 
@@ -26,6 +28,34 @@ def test_help_works_for_every_command(command):
 def test_train_refuses_a_missing_parameter_file(tmp_path):
     with pytest.raises(SystemExit, match='does not exist'):
         cli.main(['train', '--config', str(tmp_path / 'nope.yaml'), '--run-dir', str(tmp_path)])
+
+
+def test_a_run_is_named_after_the_task_its_config_file_names(tmp_path, monkeypatch):
+    """`train --config FILE` without --task: the run (its directory, and the task run.json
+    keeps for --resume) is named after the file's /** task, else after the file itself;
+    never after the default task."""
+    monkeypatch.chdir(tmp_path)
+    cartpole = tmp_path / 'my_cartpole.yaml'
+    shutil.copy(graph.task_config('cartpole_swingup'), cartpole)
+    arguments = cli.build_parser().parse_args(['train', '--config', str(cartpole)])
+    task_file, run_dir = runs.plan_training(arguments)
+    assert task_file == cartpole.resolve() and arguments.task == 'cartpole_swingup'
+    assert run_dir.parent == tmp_path.resolve() / 'runs', run_dir
+    assert run_dir.name.startswith('cartpole_swingup-'), run_dir
+    assert not run_dir.exists()  # settled, nothing started
+    # A file that names no task: its own name.
+    document = yaml.safe_load(cartpole.read_text())
+    del document['/**']['ros__parameters']['task']
+    nameless = tmp_path / 'my_robot.yaml'
+    nameless.write_text(yaml.safe_dump(document))
+    arguments = cli.build_parser().parse_args(['train', '--config', str(nameless)])
+    _, run_dir = runs.plan_training(arguments)
+    assert arguments.task == 'my_robot' and run_dir.name.startswith('my_robot-'), run_dir
+    # No --config: the default task's shipped file.
+    arguments = cli.build_parser().parse_args(['train'])
+    task_file, run_dir = runs.plan_training(arguments)
+    assert task_file == graph.task_config('pendulum').resolve()
+    assert arguments.task == 'pendulum' and run_dir.name.startswith('pendulum-')
 
 
 def _bad_policy_files(tmp_path):
@@ -87,52 +117,6 @@ def test_bad_policy_files_give_one_fatal_line_and_exit_2(tmp_path, command):
         assert lines[0].startswith(f'sindyrl-ros {command}: FATAL: {path}'), lines[0][:300]
         assert expected in lines[0], (expected, lines[0][:300])
         assert len(lines[0]) < 1500 and result.stdout == '', lines[0][:300]
-
-
-def test_progress_lines_name_steps_models_policies_and_returns():
-    lines = [
-        cli._describe(event)
-        for event in (
-            {
-                'event': 'model',
-                'real_steps': 200,
-                'eval_steps': 0,
-                'model_version': 1,
-                'validation_nrmse': 0.005,
-            },
-            {
-                'event': 'policy',
-                'real_steps': 200,
-                'eval_steps': 0,
-                'policy_version': 1,
-                'source_model_version': 1,
-                'surrogate_return': -92.2,
-            },
-            {
-                'event': 'evaluation',
-                'real_steps': 202,
-                'eval_steps': 2000,
-                'policy_version': 1,
-                'eval_return_mean': -168.4,
-            },
-            {'event': 'hold', 'real_steps': 200, 'eval_steps': 0, 'reason': 'initial_steps'},
-        )
-    ]
-    assert 'model v1 accepted' in lines[0] and '0.005' in lines[0]
-    assert 'policy v1 from model v1' in lines[1]
-    assert 'real steps    202' in lines[2] and 'eval return -168.4' in lines[2]
-    assert 'held' in lines[3]
-    assert cli._describe({'event': 'episode', 'evaluation': True}) is None
-    assert 'held-out rollout error 0.005' in lines[0]
-    # Episodes too short to hold a tail out: the error is on the fitting data, and says so.
-    short = {'event': 'model', 'model_version': 1, 'validation_nrmse': 0.01}
-    line = cli._describe({**short, 'validation_held_out': False})
-    assert 'fitting-data rollout error 0.010' in line and 'held-out' not in line
-    # A surrogate return that is not the mean of whole episodes says so.
-    policy = {'event': 'policy', 'policy_version': 2, 'surrogate_return': -50.0}
-    assert 'cut short' not in cli._describe(policy)
-    cut = {**policy, 'surrogate_return_episodes': 16, 'surrogate_return_cut_short': 2}
-    assert '(2 of 16 surrogate episodes cut short)' in cli._describe(cut)
 
 
 def test_learning_curve_is_drawn_from_the_progress_log(tmp_path):

@@ -1,79 +1,38 @@
-"""Tools for tests that run real DDS between real processes.
+"""Tools for tests (and benchmarks) that run real DDS between real processes.
 
-Every test gets its own ROS domain (held with a file lock, so parallel test runs on one
-machine never share one) and discovery is kept on localhost. Nodes under test run in
-separate OS processes that are always stopped, even when the test fails.
+Every test gets its own ROS domain (held through ROS 2's domain_coordinator, so parallel
+test runs and benchmarks on one machine never share one) and discovery is kept on
+localhost. Nodes under test run in separate OS processes (sindyrl_ros.processes) that are
+always stopped, even when the test fails.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
 import time
 
-from sindyrl_ros.ros_domains import DomainLease, localhost_environment  # noqa: F401
+import domain_coordinator
+
+from sindyrl_ros.processes import ChildProcess as NodeProcess  # noqa: F401
+from sindyrl_ros.processes import ros_environment  # noqa: F401
 
 
-def ros_environment(domain_id: int) -> dict[str, str]:
-    """The environment for a process that joins the test's domain, localhost only."""
-    return localhost_environment(domain_id)
+class DomainLease:
+    """Exclusive use of one ROS_DOMAIN_ID (1 to 100) on this machine until :meth:`release`.
 
+    ``domain_coordinator.domain_id()`` (what ROS 2's own isolated tests use) holds a local
+    port per domain; this keeps it held between a fixture's set-up and its teardown, or a
+    benchmark's start and end. It is never left with an exception: that context manager
+    would swallow an OSError and raise a RuntimeError in its place.
+    """
 
-class NodeProcess:
-    """A node (or any program) in its own process group, with its output in a log file."""
+    def __init__(self) -> None:
+        self._held = domain_coordinator.domain_id()
+        self.domain_id: int = self._held.__enter__()
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, 'wb')  # noqa: SIM115
-        self.process = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @classmethod
-    def python_module(cls, module: str, *args: str, env, log_path) -> NodeProcess:
-        return cls([sys.executable, '-m', module, *args], env, log_path)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        if not self._log.closed:  # still running: make what it wrote readable
-            self._log.flush()
-        return self.log_path.read_text(errors='replace')
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            os.killpg(self.process.pid, signum)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL; returns the exit code."""
-        for signum, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0)):
-            if not self.alive():
-                break
-            self.signal(signum)
-            try:
-                self.process.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self.alive():
-            self.signal(signal.SIGKILL)
-            self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def wait_for_output(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return True
-            if not self.alive():
-                return text in self.output()
-            time.sleep(0.05)
-        return False
+    def release(self) -> None:
+        self._held.__exit__(None, None, None)
 
 
 def spin_until(executor, predicate, timeout: float, step: float = 0.02) -> bool:

@@ -1,11 +1,18 @@
-"""The progress log read back to resume a run (core.progress): totally, and to the point."""
+"""The progress log (core.progress): written, followed, read back totally, told."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
-from sindyrl_ros.core.progress import RunHistory, read_progress
+from sindyrl_ros.core.progress import (
+    ProgressFollower,
+    ProgressLog,
+    RunHistory,
+    describe,
+    read_progress,
+)
 
 
 def write(run_dir, events, tail: str = ''):
@@ -115,3 +122,87 @@ def test_no_log_is_an_empty_history_and_a_fifo_is_refused_without_hanging(tmp_pa
     os.mkfifo(tmp_path / 'progress.jsonl')
     with pytest.raises(ValueError, match='not a regular file'):
         read_progress(tmp_path)
+
+
+def test_the_writer_appends_whole_json_lines_that_the_readers_read_back(tmp_path):
+    write(tmp_path, [{'event': 'start', 'real_steps': 0}])  # an earlier start of the run
+    follower = ProgressFollower(tmp_path)
+    with ProgressLog(tmp_path) as log:
+        log.append({'event': 'model', 'validation_nrmse': float('nan'), 'model_version': 1})
+        # Flushed per event: readable before the writer closes.
+        assert follower.new_events() == [
+            {'event': 'model', 'validation_nrmse': None, 'model_version': 1}
+        ]
+        log.append({'event': 'episode', 'real_steps': np.int64(200), 'return': np.float32(-2)})
+    text = (tmp_path / 'progress.jsonl').read_text()
+    assert text.endswith('\n') and 'NaN' not in text and len(text.splitlines()) == 3
+    events, skipped = read_progress(tmp_path)
+    assert [event['event'] for event in events] == ['start', 'model', 'episode'] and not skipped
+    assert events[2]['real_steps'] == 200 and events[2]['return'] == -2.0
+    # Only what came after the first call, once.
+    assert follower.new_events() == [events[2]] and follower.new_events() == []
+
+
+def test_the_follower_waits_for_a_line_to_be_whole_and_skips_what_is_not_an_event(tmp_path):
+    follower = ProgressFollower(tmp_path)  # before the log exists
+    assert follower.new_events() == []
+    path = tmp_path / 'progress.jsonl'
+    path.write_text('{"event": "start"}\n[1, 2]\n\n{"event": "hold", "rea')
+    assert follower.new_events() == [{'event': 'start'}]
+    with open(path, 'a') as stream:
+        stream.write('son": "initial_steps"}\n')
+    assert follower.new_events() == [{'event': 'hold', 'reason': 'initial_steps'}]
+
+
+def test_progress_lines_name_steps_models_policies_and_returns():
+    lines = [
+        describe(event)
+        for event in (
+            {
+                'event': 'model',
+                'real_steps': 200,
+                'eval_steps': 0,
+                'model_version': 1,
+                'validation_nrmse': 0.005,
+            },
+            {
+                'event': 'policy',
+                'real_steps': 200,
+                'eval_steps': 0,
+                'policy_version': 1,
+                'source_model_version': 1,
+                'surrogate_return': -92.2,
+            },
+            {
+                'event': 'evaluation',
+                'real_steps': 202,
+                'eval_steps': 2000,
+                'policy_version': 1,
+                'eval_return_mean': -168.4,
+            },
+            {'event': 'hold', 'real_steps': 200, 'eval_steps': 0, 'reason': 'initial_steps'},
+        )
+    ]
+    assert 'model v1 accepted' in lines[0] and '0.005' in lines[0]
+    assert 'policy v1 from model v1' in lines[1]
+    assert 'real steps    202' in lines[2] and 'eval return -168.4' in lines[2]
+    assert 'held' in lines[3]
+    assert describe({'event': 'episode', 'evaluation': True}) is None
+    assert 'held-out rollout error 0.005' in lines[0]
+    # Episodes too short to hold a tail out: the error is on the fitting data, and says so.
+    short = {'event': 'model', 'model_version': 1, 'validation_nrmse': 0.01}
+    line = describe({**short, 'validation_held_out': False})
+    assert 'fitting-data rollout error 0.010' in line and 'held-out' not in line
+    # A surrogate return that is not the mean of whole episodes says so.
+    policy = {'event': 'policy', 'policy_version': 2, 'surrogate_return': -50.0}
+    assert 'cut short' not in describe(policy)
+    cut = {**policy, 'surrogate_return_episodes': 16, 'surrogate_return_cut_short': 2}
+    assert '(2 of 16 surrogate episodes cut short)' in describe(cut)
+
+
+def test_an_event_with_fields_of_the_wrong_type_is_not_told_and_never_raises():
+    # A NaN mean is written as null (JSON has no NaN); a hand edit may put anything.
+    assert describe({'event': 'evaluation', 'eval_return_mean': None}) is None
+    assert describe({'event': 'episode', 'episode_return': 'high'}) is None
+    assert describe({'event': 'model', 'real_steps': None}) is None
+    assert describe({'event': 'no such kind'}) is None
