@@ -15,6 +15,9 @@ Safeguards, because a sparse model fitted on little data can be wrong far from i
 * leaving the model's domain is never rewarding (see ``termination_reward``);
 * with ``sample_members`` every episode runs on one randomly drawn ensemble member,
   so the policy has to work across the model's uncertainty.
+
+``core.surrogate_env.SurrogateVectorEnv`` exposes it as a ``gymnasium.vector.VectorEnv`` (with
+autoreset) for RL libraries; the Dyna loop and ``core.sac`` use this class directly.
 """
 
 from __future__ import annotations
@@ -188,9 +191,13 @@ class SurrogateVecEnv:
         numpy.ndarray, shape (n_envs, n)
         """
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self.reseed(seed)
         self._restart(np.arange(self.n_envs))
         return self._observations.copy()
+
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the generator of start states and member draws (no episode restarts)."""
+        self._rng = np.random.default_rng(seed)
 
     def reset_done(self, done: np.ndarray) -> np.ndarray:
         """Start new episodes in the environments flagged ``done``.

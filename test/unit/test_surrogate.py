@@ -2,9 +2,11 @@
 
 import gymnasium as gym
 import numpy as np
+from pendulum_data import fit_pendulum_model
 import pytest
 
-from sindyrl_ros.core.dynamics import EnsembleConfig, SindyDynamics
+from sindyrl_ros.core.dynamics import SindyDynamics
+from sindyrl_ros.core.dynamics_fit import EnsembleConfig
 from sindyrl_ros.core.reward import pendulum_reward
 from sindyrl_ros.core.surrogate import SurrogateVecEnv, measure_surrogate_speed
 from sindyrl_ros.core.trajectories import Trajectory
@@ -29,15 +31,7 @@ def recorded():
 
 @pytest.fixture(scope='module')
 def model(recorded):
-    return SindyDynamics(
-        ['cos', 'sin', 'thdot'],
-        ['u'],
-        0.05,
-        saturation={'thdot': (-8.0, 8.0)},
-        action_low=[-2.0],
-        action_high=[2.0],
-        ensemble=EnsembleConfig(n_models=10),
-    ).fit([recorded])
+    return fit_pendulum_model([recorded])
 
 
 def make_env(model, recorded, **kwargs):
