@@ -113,3 +113,18 @@ def fit_pendulum_model(trajectories, n_models: int = 10):
         action_high=[2.0],
         ensemble=EnsembleConfig(n_models=n_models),
     ).fit(trajectories)
+
+
+# The names recordings in the unit tests use (a model's short names).
+RECORDED_OBSERVATIONS = ('cos', 'sin', 'thdot')
+RECORDED_ACTIONS = ('u',)
+DT_NS = 50_000_000
+
+
+def write_episode(writer, start_ns: int, observations, actions, mode: str = 'explore') -> None:
+    """Record an episode as the sensor and controller send it: observation k and its answer
+    at ``start_ns + k * DT_NS`` (the last observation unanswered when ``actions`` is shorter)."""
+    for k, observation in enumerate(observations):
+        writer.write_observation(start_ns + k * DT_NS, RECORDED_OBSERVATIONS, observation)
+        if k < len(actions):
+            writer.write_action(start_ns + k * DT_NS, RECORDED_ACTIONS, actions[k], mode)

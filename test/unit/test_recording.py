@@ -9,7 +9,8 @@ from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 import numpy as np
-from pendulum_data import pendulum_episode
+from pendulum_data import DT_NS, pendulum_episode, write_episode
+from pendulum_data import RECORDED_OBSERVATIONS as OBSERVATION_NAMES
 import pytest
 
 from sindyrl_ros.core import recording
@@ -24,19 +25,6 @@ from sindyrl_ros.core.mcap_writer import (
     TransitionLogWriter,
 )
 from sindyrl_ros.core.recording import SegmentedRecordingWriter, read_recording, recorded_steps
-
-OBSERVATION_NAMES = ('cos', 'sin', 'thdot')
-ACTION_NAMES = ('u',)
-DT_NS = 50_000_000
-
-
-
-
-def write_episode(writer, start_ns, observations, actions, mode='explore'):
-    for k, observation in enumerate(observations):
-        writer.write_observation(start_ns + k * DT_NS, OBSERVATION_NAMES, observation)
-        if k < len(actions):
-            writer.write_action(start_ns + k * DT_NS, ACTION_NAMES, actions[k], mode)
 
 
 def standard_read(path):

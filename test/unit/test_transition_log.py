@@ -6,7 +6,9 @@ import sys
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 import numpy as np
-from pendulum_data import pendulum_episode
+from pendulum_data import DT_NS, pendulum_episode, write_episode
+from pendulum_data import RECORDED_ACTIONS as ACTION_NAMES
+from pendulum_data import RECORDED_OBSERVATIONS as OBSERVATION_NAMES
 import pytest
 
 from sindyrl_ros.core.mcap_reader import LogFormatError, read_transition_log
@@ -19,19 +21,7 @@ from sindyrl_ros.core.mcap_writer import (
 )
 from sindyrl_ros.core.transitions import TransitionAssembler, assemble_log
 
-OBSERVATION_NAMES = ('cos', 'sin', 'thdot')
-ACTION_NAMES = ('u',)
 DT = 0.05
-DT_NS = 50_000_000
-
-
-
-
-def write_episode(writer, start_ns, observations, actions, mode='explore'):
-    for k, observation in enumerate(observations):
-        writer.write_observation(start_ns + k * DT_NS, OBSERVATION_NAMES, observation)
-        if k < len(actions):
-            writer.write_action(start_ns + k * DT_NS, ACTION_NAMES, actions[k], mode)
 
 
 def test_round_trip_is_exact(tmp_path):
