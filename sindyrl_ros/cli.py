@@ -175,14 +175,14 @@ def operator_ready(arguments) -> int:
     if arguments.domain_id is not None:
         os.environ['ROS_DOMAIN_ID'] = str(arguments.domain_id)
     import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Empty
+
+    from sindyrl_ros.ros.qos import RELIABLE_QOS
 
     rclpy.init()
     try:
         node = rclpy.create_node('operator_ready')
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        publisher = node.create_publisher(Empty, '/sindyrl/operator_ready', qos)
+        publisher = node.create_publisher(Empty, '/sindyrl/operator_ready', RELIABLE_QOS)
         deadline = time.monotonic() + 5.0
         while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.05)

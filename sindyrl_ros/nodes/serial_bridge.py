@@ -24,7 +24,6 @@ import sys
 
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
@@ -49,16 +48,12 @@ from sindyrl_ros.ros.parameters import (
     declare_parameters,
     task_from_parameters,
 )
-from sindyrl_ros.ros.qos import RELIABLE_QOS, SENSOR_QOS, TRANSITION_QOS
+from sindyrl_ros.ros.qos import LEDGER_QOS, RELIABLE_QOS, SENSOR_QOS, TRANSITION_QOS
 from sindyrl_ros.ros.runtime import run_node
 
 _OBSERVATION_REJECTS = tuple(
     f'observation_{reason}'
     for reason in ('length_mismatch', 'duplicate_name', 'missing_name', 'nonfinite')
-)
-# Every observation scores a step: a deep queue rides out a busy executor.
-LEDGER_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.RELIABLE
 )
 
 

@@ -10,7 +10,14 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-__all__ = ['SENSOR_QOS', 'RELIABLE_QOS', 'TRANSITION_QOS', 'EPISODE_QOS', 'LATCHED_QOS']
+__all__ = [
+    'SENSOR_QOS',
+    'RELIABLE_QOS',
+    'TRANSITION_QOS',
+    'LEDGER_QOS',
+    'EPISODE_QOS',
+    'LATCHED_QOS',
+]
 
 # Sensor streams: a late sample is worthless, so best effort and a short queue.
 SENSOR_QOS = qos_profile_sensor_data
@@ -22,6 +29,11 @@ RELIABLE_QOS = QoSProfile(
 # only `depth` samples for resending, so bursts need a deep history on both sides.
 TRANSITION_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
+)
+# What scores steps (the serial bridge's ledger reads every observation): a deep queue
+# rides out a busy executor.
+LEDGER_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=500, reliability=ReliabilityPolicy.RELIABLE
 )
 # Episode records: a run supervisor that starts later still gets the recent ones.
 EPISODE_QOS = QoSProfile(
