@@ -31,8 +31,6 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +53,8 @@ from common import (  # noqa: E402
 from ros_testing import DomainLease  # noqa: E402
 
 from sindyrl_ros import graph  # noqa: E402
-from sindyrl_ros.core.mcap_reader import read_transition_log  # noqa: E402
-from sindyrl_ros.processes import ros_environment  # noqa: E402
+from sindyrl_ros.core.recording import read_recording  # noqa: E402
+from sindyrl_ros.processes import ChildProcess, ros_environment, stop_processes  # noqa: E402
 
 RESULTS = ROOT / 'benchmarks' / 'results' / 'joint_state_rate.json'
 PLANT = ROOT / 'test' / 'ros2_control_plant.py'
@@ -85,42 +83,33 @@ def run_phase(trigger: str, rate_hz: float, seconds: float, work: Path) -> dict:
     }
     processes = []
     try:
-        plant_log = open(work / f'plant_{trigger}_{int(rate_hz)}.log', 'w')  # noqa: SIM115
-        plant = subprocess.Popen(
-            [sys.executable, str(PLANT), '--reset', 'none', '--joint-rate', str(rate_hz)],
-            env=env,
-            stdout=plant_log,
-            stderr=subprocess.STDOUT,
+        processes.append(
+            ChildProcess(
+                [sys.executable, str(PLANT), '--reset', 'none', '--joint-rate', str(rate_hz)],
+                env,
+                work / f'plant_{trigger}_{int(rate_hz)}.log',
+            )
         )
-        processes.append(plant)
         for name in NODES:
             spec = specs[name]
             spec = dataclasses.replace(
                 spec, parameters={**spec.parameters, **overrides.get(name, {})}
             )
-            log = open(work / f'{name}_{trigger}_{int(rate_hz)}.log', 'w')  # noqa: SIM115
             processes.append(
-                subprocess.Popen(
+                ChildProcess(
                     [sys.executable, '-m', spec.module, *spec.ros_arguments()],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    env,
+                    work / f'{name}_{trigger}_{int(rate_hz)}.log',
                 )
             )
         time.sleep(seconds + 5.0)  # start-up, then the measured time
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(reversed(processes), timeout=20.0)
         lease.release()
     counters = json.loads(
         (work / f'plant_{trigger}_{int(rate_hz)}.log').read_text().strip().splitlines()[-1]
     )
-    log = read_transition_log(run_dir / 'recording.mcap')
+    (log,) = read_recording(run_dir / 'recording')  # one session
     stamps = np.array(sorted({a.stamp_ns for a in log.actions if a.frame_id == 'explore'}))
     steps_ms = np.diff(stamps) / 1e6
     steps_ms = steps_ms[steps_ms < 1000.0]  # a hold, not a step

@@ -29,10 +29,8 @@ import time
 from sindyrl_ros import graph, runs
 
 # Importable from here as before they moved (tests build training graphs through them).
-from sindyrl_ros.emulated_rig import EmulatedRig
-from sindyrl_ros.runs import deploy_specs, train, training_specs
 
-__all__ = ['EmulatedRig', 'build_parser', 'deploy_specs', 'main', 'train', 'training_specs']
+__all__ = ['build_parser', 'main']
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return rig_emulator.main(argv[1:])
     arguments = build_parser().parse_args(argv)
     if arguments.command == 'train':
-        return train(arguments)
+        return runs.train(arguments)
     if arguments.command == 'deploy':
         return deploy(arguments)
     if arguments.command == 'export':

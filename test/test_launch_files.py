@@ -16,7 +16,7 @@ import pytest
 from test_package_structure import console_scripts, setup_arguments
 import yaml
 
-from sindyrl_ros import cli, graph
+from sindyrl_ros import cli, graph, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
@@ -110,7 +110,7 @@ def test_launch_file_and_cli_start_the_same_nodes(task, monkeypatch, tmp_path):
         monkeypatch,
     )
     arguments = cli.build_parser().parse_args(['train', '--task', task])
-    specs = cli.training_specs(arguments, tmp_path)
+    specs = runs.training_specs(arguments, tmp_path)
     from_launch = [
         (
             node['executable'],
@@ -134,7 +134,7 @@ def test_deploy_launch_file_and_cli_start_the_same_nodes(monkeypatch):
         monkeypatch,
     )
     arguments = cli.build_parser().parse_args(['deploy', '--policy', '/tmp/policy.json'])
-    specs = cli.deploy_specs(arguments)
+    specs = runs.deploy_specs(arguments)
     assert [node['executable'] for node in created] == [spec.executable for spec in specs]
     assert [node['parameters'][-1] for node in created] == [spec.parameters for spec in specs]
 

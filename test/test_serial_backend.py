@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sindyrl_ros import cli, graph
+from sindyrl_ros import cli, graph, runs
+from sindyrl_ros.emulated_rig import EmulatedRig
 
 
 def test_serial_training_graph_has_the_bridge_as_plant_on_the_wall_clock():
@@ -39,9 +40,9 @@ def test_emulated_rig_tells_every_node_its_faster_control_period(tmp_path):
     arguments = cli.build_parser().parse_args(
         ['train', '--backend', 'serial', '--emulate', '--emulator-speed', '4']
     )
-    rig = cli.EmulatedRig(task_file, tmp_path, arguments.emulator_speed, {})
+    rig = EmulatedRig(task_file, tmp_path, arguments.emulator_speed, {})
     assert rig.task == 'pendulum' and rig.port == tmp_path / 'rig'
-    specs = rig.adapt(cli.training_specs(arguments, tmp_path, str(rig.port)))
+    specs = rig.adapt(runs.training_specs(arguments, tmp_path, str(rig.port)))
     for spec in specs:
         assert spec.parameters['control_period'] == pytest.approx(0.05 / 4), spec.name
     controller = next(spec for spec in specs if spec.name == 'controller')
@@ -49,18 +50,18 @@ def test_emulated_rig_tells_every_node_its_faster_control_period(tmp_path):
     bridge = next(spec for spec in specs if spec.name == 'serial_bridge')
     assert bridge.parameters['port'] == str(tmp_path / 'rig')
     # At real time nothing changes.
-    same = cli.EmulatedRig(task_file, tmp_path, 1.0, {})
-    plain = cli.training_specs(arguments, tmp_path)
+    same = EmulatedRig(task_file, tmp_path, 1.0, {})
+    plain = runs.training_specs(arguments, tmp_path)
     assert same.adapt(plain) == plain
 
 
 def test_emulate_needs_the_serial_backend_and_a_registered_task(tmp_path):
     arguments = cli.build_parser().parse_args(['train', '--emulate', '--run-dir', str(tmp_path)])
     with pytest.raises(SystemExit, match='--backend serial'):
-        cli.train(arguments)
+        runs.train(arguments)
     custom = tmp_path / 'custom.yaml'
     custom.write_text(yaml.safe_dump({'/**': {'ros__parameters': {'task': 'my_robot'}}}))
     with pytest.raises(SystemExit, match='registered tasks only'):
-        cli.EmulatedRig(Path(custom), tmp_path, 1.0, {})
+        EmulatedRig(Path(custom), tmp_path, 1.0, {})
     with pytest.raises(SystemExit, match='not positive'):
-        cli.EmulatedRig(graph.task_config('pendulum'), tmp_path, 0.0, {})
+        EmulatedRig(graph.task_config('pendulum'), tmp_path, 0.0, {})
