@@ -4,13 +4,13 @@ import gymnasium
 import numpy as np
 import pytest
 
-from sindyrl_ros.core.envs import DM_CARTPOLE_SWINGUP_ID, DmControlGymEnv
+from sindyrl_ros.core.envs import DM_CARTPOLE_SWINGUP_ID, make_dm_control_env
 from sindyrl_ros.core.serialization import FormatError
 from sindyrl_ros.core.tasks import TASKS, TaskSpec, evaluate_policy, get_task
 
 
 def test_dm_cartpole_observation_layout_and_reward_match_dm_control():
-    env = DmControlGymEnv(seed=3)  # first: it picks a headless renderer before the import
+    env = make_dm_control_env(seed=3)  # first: it picks a headless renderer before the import
     from dm_control import suite
 
     observation, info = env.reset(seed=3)
@@ -18,7 +18,7 @@ def test_dm_cartpole_observation_layout_and_reward_match_dm_control():
     assert env.observation_space.shape == (5,) and env.action_space.shape == (1,)
     np.testing.assert_array_equal(env.action_space.low, [-1.0])
     np.testing.assert_array_equal(env.action_space.high, [1.0])
-    assert env.control_timestep == pytest.approx(0.01)
+    assert env.unwrapped.dt == pytest.approx(0.01)
     # Same seed and actions on dm_control itself: identical observations and rewards.
     reference = suite.load('cartpole', 'swingup', task_kwargs={'random': 3})
     time_step = reference.reset()
@@ -43,7 +43,7 @@ def test_dm_cartpole_observation_layout_and_reward_match_dm_control():
 
 
 def test_dm_cartpole_truncates_at_time_limit_and_reseeds():
-    env = DmControlGymEnv()
+    env = make_dm_control_env()
     first, _ = env.reset(seed=11)
     again, _ = env.reset(seed=11)
     np.testing.assert_array_equal(first, again)
@@ -55,12 +55,12 @@ def test_dm_cartpole_truncates_at_time_limit_and_reseeds():
         assert 0.0 <= reward <= 1.0
         steps += 1
     assert truncated and not terminated and steps == 1000
-    with pytest.raises(RuntimeError, match='reset'):
-        env.step(np.zeros(1))
-    # Out-of-range actions are clipped, not refused.
+    # Out-of-range actions act as the limit (MuJoCo clamps them), not refused.
     env.reset(seed=1)
-    env.step(np.array([5.0]))
-    np.testing.assert_array_equal(env.dm_env.physics.control(), [1.0])
+    beyond = env.step(np.array([5.0]))[0]
+    env.reset(seed=1)
+    at_limit = env.step(np.array([1.0]))[0]
+    np.testing.assert_array_equal(beyond, at_limit)
 
 
 def test_dm_cartpole_is_registered_with_gymnasium():
