@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    'chunk_counted',
     'CONTINUE',
     'EVALUATE',
     'EXPLORE',
@@ -173,6 +174,20 @@ def hold_outcome(
     if state.refits == start.refits and settled and state.transitions_to_refit > 0:
         return 'no_refit'
     return None
+
+
+def chunk_counted(state: FitState | None, chunk_start: FitState | None, chunk_steps: int) -> bool:
+    """Whether the model updater's fit state counts every exploration step of the chunk.
+
+    The chunk's last transitions travel to the updater and its state travels back; on a
+    loaded machine that can take seconds, and until then "no refit started, more
+    transitions needed" says nothing about the chunk. ``chunk_steps``: the real steps the
+    run supervisor counted since the chunk began.
+    """
+    if state is None:
+        return False
+    counted = state.transitions_explore - (chunk_start.transitions_explore if chunk_start else 0)
+    return counted >= chunk_steps
 
 
 def exploration_scale(noise: float, low: Sequence[float], high: Sequence[float]) -> np.ndarray:

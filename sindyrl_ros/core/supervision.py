@@ -45,7 +45,7 @@ import time
 from typing import NamedTuple
 
 from sindyrl_ros.core import protocol as dyna
-from sindyrl_ros.core.protocol import Decision, FitState
+from sindyrl_ros.core.protocol import Decision, FitState, chunk_counted
 from sindyrl_ros.core.run_record import EpisodeRecord, RunRecord
 
 __all__ = [
@@ -77,10 +77,11 @@ SET_MODE = 'set_mode'  # the controller's mode: True explores, False evaluates
 RESET = 'reset'  # the plant's reset
 PAUSE = 'pause'  # the plant's hold: True holds, False runs
 
-# Seconds into a hold after which the model updater's fit state counts the chunk's last
-# transitions (they travel to it, its state travels back: well under a second on one host),
-# so that "no refit started, more transitions needed" means none is coming.
-FIT_STATE_SETTLE_S = 1.0
+# The model updater's fit state settles a hold ("no refit started, more transitions
+# needed" means none is coming) once it counts every exploration step of the chunk
+# (core.protocol.chunk_counted), and at the latest this long into the hold: a plant whose
+# transitions can be lost (best-effort joint states) never lets the count catch up.
+FIT_STATE_SETTLE_MAX_S = 10.0
 
 
 class Call(NamedTuple):
@@ -224,8 +225,15 @@ class Supervision:
             return
         held = self._clock() - self.record.hold_started
         timeout = self.hold_timeout
-        reason = self.protocol.release_reason(
-            settled=held >= FIT_STATE_SETTLE_S, timed_out=bool(timeout) and held >= timeout
+        protocol = self.protocol
+        counted = chunk_counted(
+            protocol.fit_state,
+            protocol.chunk_fit_state,
+            self.record.real_steps - protocol.chunk_start,
+        )
+        reason = protocol.release_reason(
+            settled=counted or held >= FIT_STATE_SETTLE_MAX_S,
+            timed_out=bool(timeout) and held >= timeout,
         )
         if reason is not None:
             self._release(reason)

@@ -398,7 +398,8 @@ def test_bridge_is_the_plant_reset_pause_and_episodes_scored_as_the_rig_ran(
     probe.spin_until(lambda: False, timeout=0.2)  # states published before the answer land
     published, steps = len(probe.states), probe.counter('steps')
     paused = probe.counter('states_paused')
-    probe.spin_until(lambda: probe.counter('states_paused') >= paused + 30, timeout=10)
+    # Waits, not time limits: a loaded machine delays diagnostics and rewards by seconds.
+    probe.spin_until(lambda: probe.counter('states_paused') >= paused + 30, timeout=30)
     assert len(probe.states) == published
     assert probe.counter('steps') == steps
     last_before_pause = probe.states[-1]
@@ -407,26 +408,41 @@ def test_bridge_is_the_plant_reset_pause_and_episodes_scored_as_the_rig_ran(
     response = probe.reset()
     assert 'held until' in response.message
     probe.pause(False)
-    assert probe.spin_until(lambda: len(probe.states) >= published + 10, timeout=10)
+    assert probe.spin_until(lambda: len(probe.states) >= published + 10, timeout=30)
     first_after_pause = probe.states[published]
     # A reset while running cuts the episode: the next published state is EPISODE_START.
     cut = len(probe.states)
     probe.reset()
-    assert probe.spin_until(lambda: len(probe.states) >= cut + 5, timeout=10)
+    assert probe.spin_until(lambda: len(probe.states) >= cut + 5, timeout=30)
     probe.reset()  # closes the episode in progress, so every step is in a record
     assert probe.spin_until(
         lambda: (
             sum(e['length'] for e in probe.episodes) == len(probe.rewards) > 0
             and probe.counter('steps') == len(probe.rewards)
         ),
-        timeout=10,
+        timeout=30,
     ), (probe.episodes, len(probe.rewards), probe.status)
     emulator.stop()
 
     # ---- everything against the emulator's record of what the rig did
     record = [json.loads(line) for line in record_path.read_text().splitlines()]
-    where = {(tuple(r['positions']), tuple(r['velocities'])): i for i, r in enumerate(record)}
-    index = {s[0]: where[(tuple(s[2]), tuple(s[3]))] for s in probe.states}
+    # Each published state is matched to the rig's samples in order. A rig at its start
+    # state repeats the same values (RESETTING samples, then EPISODE_START, the one that is
+    # published), and a later reset repeats them again: a lookup by value alone could name a
+    # sample of a later reset, so take the last sample of the first run of equal values.
+    def values(sample):
+        return tuple(sample['positions']), tuple(sample['velocities'])
+
+    index, k = {}, 0
+    for state in probe.states:
+        published_values = (tuple(state[2]), tuple(state[3]))
+        while k < len(record) and values(record[k]) != published_values:
+            k += 1
+        assert k < len(record), f'published state {state[0]} is not in the rig record'
+        while k + 1 < len(record) and values(record[k + 1]) == published_values:
+            k += 1
+        index[state[0]] = k
+        k += 1
     # Every reward is the task's reward of a published state and the torque the rig applied
     # in the step that followed it (the effort it reports at its next sample).
     for stamp, reward in probe.rewards:

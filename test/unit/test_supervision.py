@@ -18,7 +18,7 @@ from sindyrl_ros.core.supervision import (
     EVALUATING,
     EXPLORE,
     FINISHED,
-    FIT_STATE_SETTLE_S,
+    FIT_STATE_SETTLE_MAX_S,
     HOLDING,
     PAUSE,
     RESET,
@@ -241,21 +241,42 @@ def test_a_hold_ends_after_its_timeout_and_the_budget_ends_the_run():
     assert graph.kinds('resume', 'reason') == ['hold_timeout'] * 2
 
 
-def test_no_refit_coming_ends_a_hold_once_the_fit_state_has_settled():
+def test_no_refit_coming_ends_a_hold_once_the_fit_state_counts_the_chunk():
+    """On a loaded machine the updater's count lags the plant by seconds (the chaos test
+    once released after 1 s with no model coming, and the run ended without a policy): a
+    hold ends on 'no_refit' only once the fit state counts every step of the chunk."""
     graph = Graph(initial_steps=150, hold_timeout=600.0)
     run = graph.supervision
     run.start(pause_available=True)
     graph.answer_all()
+    run.fit_state(FitState(transitions_explore=150, transitions_to_refit=150))
+    graph.episode('explore', -1200.0)  # 200 steps
+    graph.answer_all()
+    graph.now = 5.0
+    run.check_hold()
+    assert graph.state == HOLDING  # 150 of the chunk's 200 steps counted: more may come
     run.fit_state(FitState(transitions_explore=200, transitions_to_refit=100))
+    assert graph.kinds('resume', 'reason') == ['no_refit']
+    assert graph.kinds('resume', 'held_s') == [5.0]
+
+
+def test_a_fit_state_that_never_counts_the_chunk_settles_after_the_longest_wait():
+    """A plant whose transitions can be lost (best-effort joint states) never lets the count
+    catch up: 'no_refit' then ends the hold after FIT_STATE_SETTLE_MAX_S."""
+    graph = Graph(initial_steps=150, hold_timeout=600.0)
+    run = graph.supervision
+    run.start(pause_available=True)
+    graph.answer_all()
+    run.fit_state(FitState(transitions_explore=190, transitions_to_refit=10))
     graph.episode('explore', -1200.0)
     graph.answer_all()
-    graph.now = FIT_STATE_SETTLE_S / 2
+    graph.now = FIT_STATE_SETTLE_MAX_S - 0.1
     run.check_hold()
-    assert graph.state == HOLDING  # its count may not hold the chunk's last steps yet
-    graph.now = FIT_STATE_SETTLE_S
+    assert graph.state == HOLDING
+    graph.now = FIT_STATE_SETTLE_MAX_S
     run.check_hold()
     assert graph.kinds('resume', 'reason') == ['no_refit']
-    assert graph.kinds('resume', 'held_s') == [FIT_STATE_SETTLE_S]
+    assert graph.kinds('resume', 'held_s') == [FIT_STATE_SETTLE_MAX_S]
 
 
 def test_episodes_that_end_while_the_resume_is_on_its_way_count_once_it_is_answered():
