@@ -487,10 +487,17 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def final_fields(evaluation) -> dict[str, Any]:
+def grid_fields(grid, final, wall_time_s: float) -> dict[str, Any]:
+    """What every method's record says about its evaluation grid and final evaluation."""
     return {
-        'final_eval_return_50': float(evaluation.mean_return),
-        'final_eval_returns_50': [float(value) for value in evaluation.returns],
+        'curves': grid.curve,
+        'final_return': grid.curve[-1][1] if grid.curve else None,
+        'final_eval_return_50': float(final.mean_return),
+        'final_eval_returns_50': [float(value) for value in final.returns],
+        'wall_time_s': wall_time_s,
+        'eval_time_s': grid.seconds,
+        'eval_steps': grid.steps,
+        'final_eval_steps': grid.final_steps,
     }
 
 
@@ -583,13 +590,7 @@ def run_sindy_rl(task: TaskSpec, seed: int, options: Options) -> dict[str, Any]:
     final = grid.final(result.policy if result.policy else in_force.policy)
     wall = time.perf_counter() - started
     record = {
-        'curves': grid.curve,
-        'final_return': grid.curve[-1][1] if grid.curve else None,
-        **final_fields(final),
-        'wall_time_s': wall,
-        'eval_time_s': grid.seconds,
-        'eval_steps': grid.steps,
-        'final_eval_steps': grid.final_steps,
+        **grid_fields(grid, final, wall),
         'real_steps': int(result.real_steps),
         'nn_parameters': result.policy.n_parameters if result.policy else None,
         'sparse_policy_coefficients': (
@@ -882,13 +883,7 @@ def run_sindy_rl_graph(task: TaskSpec, seed: int, options: Options) -> dict[str,
         sparse = load('sparse', final_version) if sparse_path.exists() else None
     sparse_final = grid.final(sparse, 'sparse policy') if sparse is not None else None
     record = {
-        'curves': grid.curve,
-        'final_return': grid.curve[-1][1] if grid.curve else None,
-        **final_fields(final),
-        'wall_time_s': graph_wall + grid.seconds + grid.final_seconds,
-        'eval_time_s': grid.seconds,
-        'eval_steps': grid.steps,
-        'final_eval_steps': grid.final_steps,
+        **grid_fields(grid, final, graph_wall + grid.seconds + grid.final_seconds),
         'real_steps': real_steps,
         'nn_parameters': in_force.policy.n_parameters if final_version is not None else None,
         'sparse_policy_coefficients': sparse.n_parameters if sparse is not None else None,
@@ -999,13 +994,7 @@ def run_baseline(task: TaskSpec, method: str, seed: int, options: Options) -> di
     wall = time.perf_counter() - started
     env.close()
     record = {
-        'curves': grid.curve,
-        'final_return': grid.curve[-1][1] if grid.curve else None,
-        **final_fields(final),
-        'wall_time_s': wall,
-        'eval_time_s': grid.seconds,
-        'eval_steps': grid.steps,
-        'final_eval_steps': grid.final_steps,
+        **grid_fields(grid, final, wall),
         'real_steps': int(model.num_timesteps),
         'nn_parameters': policy_parameter_count(model, method),
         'sb3_resolved_hyperparameters': resolved_hyperparameters(model),
